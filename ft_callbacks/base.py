@@ -1,0 +1,120 @@
+"""Shared plumbing of our callbacks: order-independent evaluation and early validation.
+
+The Trainer calls `on_evaluate` on each callback in list order, all sharing one `metrics` dict, so
+a callback that reads a metric another one adds sees it only if it comes later in the list. Ours
+must work in any order, so they do not act in their own `on_evaluate`: the first of them to be
+called runs, for every ft_callbacks callback of this Trainer, first all `compute()` (producers add
+metrics), then all `decide()` (stopping, saving), then one flush through the reporting path. The
+others find the evaluation already handled.
+
+Callbacks find each other through a small registry attached to the `TrainerState` (one per run):
+every event registers the callback it reaches, and the eval loop's `on_prediction_step` reaches
+all of them before the `on_evaluate` that follows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import TrainerCallback
+
+from .reporting import EvaluationContext, flush_evaluation
+
+_HUB_ATTR = "_ft_callbacks_hub"
+
+
+class ConfigurationError(ValueError):
+    """A setting that cannot work; the message names the fix. Raised before training starts
+    wherever the information exists by then."""
+
+
+class _Hub:
+    def __init__(self) -> None:
+        self.members: list[FtCallback] = []
+        self._handled: Any = None  # the metrics dict of the evaluation already handled
+
+    @staticmethod
+    def of(state: Any) -> _Hub:
+        hub = getattr(state, _HUB_ATTR, None)
+        if hub is None:
+            hub = _Hub()
+            # A plain attribute, not a dataclass field: TrainerState.save_to_json never sees it.
+            object.__setattr__(state, _HUB_ATTR, hub)
+        return hub
+
+    def register(self, callback: FtCallback) -> None:
+        if not any(member is callback for member in self.members):
+            self.members.append(callback)
+
+    def produced_metrics(self, prefix: str = "eval") -> set[str]:
+        names: set[str] = set()
+        for member in self.members:
+            names.update(f"{prefix}_{name}" for name in member.produces())
+        return names
+
+    def run_evaluation(self, args: Any, state: Any, control: Any, metrics: dict[str, Any], kwargs: dict) -> None:
+        if metrics is None or metrics is self._handled:
+            return
+        self._handled = metrics
+        ctx = EvaluationContext(
+            args=args,
+            state=state,
+            control=control,
+            metrics=metrics,
+            model=kwargs.get("model"),
+            processing_class=kwargs.get("processing_class") or kwargs.get("tokenizer"),
+            train_dataloader=kwargs.get("train_dataloader"),
+            eval_dataloader=kwargs.get("eval_dataloader"),
+        )
+        members = list(self.members)
+        for member in members:
+            member.compute(ctx)
+        for member in members:
+            member.decide(ctx)
+        flush_evaluation(ctx)
+
+
+class FtCallback(TrainerCallback):
+    """Base of every ft_callbacks callback. Subclasses implement:
+
+    - `produces()`: metric names (without prefix) this callback adds at an evaluation;
+    - `compute(ctx)`: add results with `ctx.add(name, value)`;
+    - `decide(ctx)`: act on the complete metrics (stop, save);
+    - `validate(args, state, hub)`: checks run once, after every callback's `on_train_begin` and
+      before the first training step.
+    Subclasses that override an event handler call `super()` so the registry stays complete."""
+
+    def produces(self) -> set[str]:
+        return set()
+
+    def compute(self, ctx: EvaluationContext) -> None:
+        pass
+
+    def decide(self, ctx: EvaluationContext) -> None:
+        pass
+
+    def validate(self, args: Any, state: Any, hub: _Hub) -> None:
+        pass
+
+    def _hub(self, state: Any) -> _Hub:
+        hub = _Hub.of(state)
+        hub.register(self)
+        return hub
+
+    def on_init_end(self, args, state, control, **kwargs):
+        self._hub(state)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._hub(state)
+        self._validated = False
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if not getattr(self, "_validated", True):
+            self._validated = True
+            self.validate(args, state, self._hub(state))
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        self._hub(state)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self._hub(state).run_evaluation(args, state, control, metrics, kwargs)

@@ -1,0 +1,17 @@
+"""Framework-free core: stopping rules, perplexity sums, metric directions. No Trainer imports here."""
+
+from .modes import infer_mode, is_improvement
+from .perplexity import TokenLossTotals, per_sample_nll
+from .stopping import DivergenceRule, GapRule, OverfitPolicy, PlateauRule, StopDecision
+
+__all__ = [
+    "DivergenceRule",
+    "GapRule",
+    "OverfitPolicy",
+    "PlateauRule",
+    "StopDecision",
+    "TokenLossTotals",
+    "infer_mode",
+    "is_improvement",
+    "per_sample_nll",
+]

@@ -1,0 +1,290 @@
+"""The one reporting path: every result any ft_callbacks callback produces goes through here.
+
+At an evaluation, results are collected on an `EvaluationContext` and flushed once:
+  1. into the evaluation's `metrics` dict (`eval_perplexity`, ...) as soon as they are added, so
+     `metric_for_best_model`, `save_strategy="best"`, HF's `EarlyStoppingCallback` and our other
+     callbacks can read them;
+  2. into `state.log_history` (merged into the Trainer's own entry for this evaluation), so they are
+     in `trainer_state.json`;
+  3. to wandb, in the run the Trainer's `WandbCallback` uses (or one we start), with its key style
+     (`eval/perplexity`) and step axis (`train/global_step`), from rank 0 only;
+  4. as one console line.
+Events outside an evaluation (a stop on a NaN step, a checkpoint written) use `report_event`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._compat import rewrite_logs
+
+_PROJECT_ENV = "WANDB_PROJECT"
+DEFAULT_PROJECT = "ft-callbacks"
+
+
+def _print(line: str) -> None:
+    # tqdm.write keeps the Trainer's progress bar intact.
+    try:
+        from tqdm.auto import tqdm
+
+        tqdm.write(line)
+    except Exception:  # pragma: no cover - tqdm ships with transformers
+        print(line, flush=True)
+
+
+class WandbSink:
+    """Finds (or starts) the wandb run and logs to it; never lets a wandb problem stop training."""
+
+    def __init__(self) -> None:
+        self._notices: set[str] = set()
+        self._axis_defined: set[str] = set()
+        self.owned_run: Any = None
+
+    def notice(self, key: str, message: str) -> None:
+        if key not in self._notices:
+            self._notices.add(key)
+            _print(f"[ft_callbacks] {message}")
+
+    def _wandb(self) -> Any:
+        if os.environ.get("WANDB_MODE", "").lower() == "disabled" or os.environ.get(
+            "WANDB_DISABLED", ""
+        ).lower() in ("1", "true", "yes"):
+            self.notice("disabled", "wandb is disabled (WANDB_MODE=disabled): results go to the console and "
+                        "trainer_state.json only.")
+            return None
+        try:
+            import wandb
+        except ImportError:
+            self.notice("missing", "wandb is not installed: results go to the console and trainer_state.json "
+                        "only. Install it with `pip install 'ft-callbacks[wandb]'`.")
+            return None
+        return wandb
+
+    @staticmethod
+    def _has_api_key(wandb: Any) -> bool:
+        if os.environ.get("WANDB_API_KEY"):
+            return True
+        try:
+            return bool(wandb.api.api_key)
+        except Exception:
+            return False
+
+    def run(self, run_name: str | None = None) -> Any:
+        """The active run (the Trainer's, or ours), or None when wandb is off or failing."""
+        wandb = self._wandb()
+        if wandb is None:
+            return None
+        run = wandb.run
+        if run is not None and getattr(run, "_is_finished", False):
+            run = None
+        if run is None:
+            try:
+                run = self._start(wandb, run_name)
+            except Exception as exc:  # no network, bad key, ... : keep training
+                self.notice("init", f"could not start a wandb run ({type(exc).__name__}: {exc}); "
+                            "results go to the console and trainer_state.json only.")
+                return None
+        if run.id not in self._axis_defined:
+            self._axis_defined.add(run.id)
+            try:
+                # The Trainer's WandbCallback defines the same axis; repeating it is harmless and
+                # covers runs we started ourselves.
+                run.define_metric("train/global_step")
+                run.define_metric("*", step_metric="train/global_step", step_sync=True)
+            except Exception:
+                pass
+        return run
+
+    def _start(self, wandb: Any, run_name: str | None) -> Any:
+        mode = os.environ.get("WANDB_MODE") or None
+        if mode is None and not self._has_api_key(wandb):
+            mode = "offline"
+        run = wandb.init(
+            project=os.environ.get(_PROJECT_ENV, DEFAULT_PROJECT),
+            name=run_name,
+            mode=mode,
+        )
+        self.owned_run = run
+        if mode == "offline" or getattr(run.settings, "_offline", False):
+            run_dir = os.path.dirname(run.dir.rstrip(os.sep))
+            self.notice("offline", f"wandb is logging offline to {run_dir} (no API key or network). "
+                        f"Watch it with `wandb leet {run_dir}`; upload it later with `wandb sync {run_dir}`.")
+        return run
+
+    def log(self, data: dict[str, Any], step: int, run_name: str | None = None) -> None:
+        if not data:
+            return
+        run = self.run(run_name)
+        if run is None:
+            return
+        payload = {**data, "train/global_step": step}
+        try:
+            run.log(payload)
+        except Exception as exc:
+            self.notice(f"log:{type(exc).__name__}", f"wandb.log failed ({type(exc).__name__}: {exc}); "
+                        "continuing without wandb for these values.")
+
+    def summarize(self, values: dict[str, Any], run_name: str | None = None) -> None:
+        if not values:
+            return
+        run = self.run(run_name)
+        if run is None:
+            return
+        try:
+            run.summary.update(values)
+        except Exception as exc:
+            self.notice("summary", f"could not write the wandb summary ({type(exc).__name__}: {exc}).")
+
+    def finish_owned(self) -> None:
+        """Finish the run we started ourselves (never the Trainer's or the user's)."""
+        if self.owned_run is not None:
+            try:
+                self.owned_run.finish()
+            except Exception:
+                pass
+            self.owned_run = None
+
+
+SINK = WandbSink()
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return str(value)
+
+
+@dataclass
+class EvaluationContext:
+    """One evaluation as our callbacks see it. `add()` puts a result straight into the Trainer's
+    `metrics` dict (so the next callback can read it) and queues it for log_history, wandb and console."""
+
+    args: Any
+    state: Any
+    control: Any
+    metrics: dict[str, Any]
+    model: Any = None
+    processing_class: Any = None
+    train_dataloader: Any = None
+    eval_dataloader: Any = None
+    results: dict[str, float] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    media: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
+    console: list[str] = field(default_factory=list)
+
+    @property
+    def prefix(self) -> str:
+        """The metric key prefix of this evaluation ("eval", "test", "eval_<dataset>")."""
+        for key in self.metrics:
+            if key.endswith("_runtime"):
+                return key[: -len("_runtime")]
+        return "eval"
+
+    @property
+    def step(self) -> int:
+        return int(self.state.global_step)
+
+    @property
+    def is_main(self) -> bool:
+        return bool(self.state.is_world_process_zero)
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}_{name}"
+
+    def add(self, name: str, value: float | int | None) -> str:
+        """Add a result under the Trainer's naming (`perplexity` -> `eval_perplexity`)."""
+        key = self.key(name)
+        if value is None:
+            return key
+        value = float(value)
+        self.metrics[key] = value
+        self.results[key] = value
+        return key
+
+    def add_summary(self, name: str, value: Any) -> None:
+        """A run-level value (best so far, stop reason): wandb summary and log_history."""
+        self.summary[name] = value
+
+    def add_media(self, name: str, build: Callable[[Any], Any]) -> None:
+        """A wandb object (table, chart) built lazily from the `wandb` module, rank 0 only."""
+        self.media[name] = build
+
+
+def flush_evaluation(ctx: EvaluationContext) -> None:
+    """Send what the callbacks added during one evaluation everywhere it belongs, once."""
+    state = ctx.state
+    entry: dict[str, Any] = {**ctx.results, **{f"ft_callbacks/{k}": v for k, v in ctx.summary.items()}}
+    if entry:
+        history = state.log_history
+        last = history[-1] if history else None
+        # The Trainer appended its entry for this evaluation just before on_evaluate; keep our
+        # values beside eval_loss in the same record.
+        if last is not None and last.get("step") == ctx.step and f"{ctx.prefix}_runtime" in last:
+            last.update(entry)
+        else:
+            history.append({**entry, "epoch": state.epoch, "step": ctx.step})
+    if not ctx.is_main:
+        return
+    run_name = _run_name(ctx.args)
+    data: dict[str, Any] = rewrite_logs(ctx.results)
+    if ctx.media:
+        wandb = SINK._wandb()
+        if wandb is not None:
+            for name, build in ctx.media.items():
+                try:
+                    data[name] = build(wandb)
+                except Exception as exc:
+                    SINK.notice(f"media:{name}", f"could not build wandb object {name!r}: {exc}")
+    SINK.log(data, ctx.step, run_name)
+    SINK.summarize({f"ft_callbacks/{k}": v for k, v in ctx.summary.items()}, run_name)
+    shown = ", ".join(f"{k.removeprefix(ctx.prefix + '_')} {_fmt(v)}" for k, v in ctx.results.items())
+    loss = ctx.metrics.get(f"{ctx.prefix}_loss")
+    head = f"[ft_callbacks] step {ctx.step} | {ctx.prefix}_loss {_fmt(loss)}" if loss is not None else (
+        f"[ft_callbacks] step {ctx.step}"
+    )
+    _print(" | ".join([head, shown, *ctx.console]) if shown or ctx.console else head)
+
+
+def report_event(
+    args: Any,
+    state: Any,
+    values: dict[str, float] | None = None,
+    summary: dict[str, Any] | None = None,
+    message: str | None = None,
+) -> None:
+    """Report something that happened outside an evaluation (a stop at a training step, a save).
+    `values` are logged as `train/<name>` metrics at the current step; `summary` goes to the wandb
+    summary and log_history as `ft_callbacks/<name>`."""
+    values = values or {}
+    summary = summary or {}
+    entry = {**values, **{f"ft_callbacks/{k}": v for k, v in summary.items()}}
+    if entry:
+        state.log_history.append({**entry, "epoch": state.epoch, "step": int(state.global_step)})
+    if not state.is_world_process_zero:
+        return
+    run_name = _run_name(args)
+    SINK.log(rewrite_logs(values), int(state.global_step), run_name)
+    SINK.summarize({f"ft_callbacks/{k}": v for k, v in summary.items()}, run_name)
+    if message:
+        _print(f"[ft_callbacks] step {int(state.global_step)} | {message}")
+
+
+def notice_once(key: str, message: str) -> None:
+    """A one-time console notice (rank-agnostic; call it from rank 0 where it matters)."""
+    SINK.notice(key, message)
+
+
+def warn(message: str) -> None:
+    warnings.warn(f"ft_callbacks: {message}", stacklevel=3)
+
+
+def _run_name(args: Any) -> str | None:
+    name = getattr(args, "run_name", None)
+    return None if not name or name == getattr(args, "output_dir", None) else name

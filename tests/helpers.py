@@ -1,0 +1,88 @@
+"""Shared test helpers: tiny real Trainer runs and reading back what wandb recorded offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+from ft_callbacks import toy
+
+
+def wandb_executable() -> str:
+    exe = shutil.which("wandb")
+    if exe is None:  # the venv's bin may not be on PATH when pytest is run by full path
+        import sys
+
+        exe = str(Path(sys.executable).with_name("wandb"))
+    return exe
+
+
+def wandb_records(wandb_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every record of the newest offline run under `wandb_dir`, via `wandb leet inspect --json`."""
+    runs = sorted(Path(wandb_dir).glob("wandb/offline-run-*"))
+    assert runs, f"no offline wandb run under {wandb_dir}"
+    out = subprocess.run(
+        [wandb_executable(), "leet", "inspect", "--json", str(runs[-1])],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def wandb_history(wandb_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The logged history rows (one dict per wandb.log call)."""
+    return [r["history"]["item"] for r in wandb_records(wandb_dir) if r.get("type") == "history"]
+
+
+def lm_args(output_dir: str | os.PathLike, **overrides: Any) -> TrainingArguments:
+    settings: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 16,
+        "max_steps": 200,
+        "eval_strategy": "steps",
+        "eval_steps": 10,
+        "logging_steps": 10,
+        "save_strategy": "no",
+        "report_to": "none",
+        "learning_rate": 3e-3,
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "seed": 0,
+        "dataloader_num_workers": 0,
+    }
+    settings.update(overrides)
+    return TrainingArguments(**settings)
+
+
+def lm_trainer(
+    tokenizer,
+    corpus: list[str],
+    output_dir,
+    callbacks: list,
+    train_size: int = 24,
+    eval_size: int = 64,
+    max_length: int = 48,
+    model=None,
+    **arg_overrides: Any,
+) -> Trainer:
+    """A tiny GPT-2 causal-LM Trainer on standard-library docstrings. A small train set overfits fast."""
+    train = toy.causal_lm_dataset(corpus[:train_size], tokenizer, max_length)
+    evaluation = toy.causal_lm_dataset(corpus[200 : 200 + eval_size], tokenizer, max_length)
+    return Trainer(
+        model=model if model is not None else toy.tiny_gpt2(tokenizer),
+        args=lm_args(output_dir, **arg_overrides),
+        train_dataset=train,
+        eval_dataset=evaluation,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
