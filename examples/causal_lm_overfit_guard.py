@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> Trainer:
         logging_steps=args.eval_steps,
         save_strategy="no",
         report_to=args.report_to,
-        use_cpu=os.environ.get("CUDA_VISIBLE_DEVICES", "") == "" and args.model == "tiny",
         seed=0,
     )
+    guard = OverfitGuard(patience=3)
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -68,10 +68,13 @@ def main(argv: list[str] | None = None) -> Trainer:
         eval_dataset=evaluation,
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
         processing_class=tokenizer,
-        callbacks=[OverfitGuard(patience=3)],  # <- the one line
+        callbacks=[guard],  # <- the one line
     )
     trainer.train()
+    if guard.stopped:
+        print(f"\nOverfitGuard stopped training at step {guard.policy.stop_step}: {guard.stop_reason}")
     trainer.save_state()
+    print(f"\ntrainer_state.json (every result, step by step): {os.path.join(args.output_dir, 'trainer_state.json')}")
     return trainer
 
 
