@@ -290,6 +290,7 @@ class OverfitGuard(FtCallback, ExportableState):
 
     def on_train_end(self, args, state, control, **kwargs):
         self._training = False
+        self.probe.reset_eval()
         if state.is_world_process_zero:
             self._write_record(args, state)
             summary = self._summary()
