@@ -12,6 +12,7 @@ import wandb
 from transformers import TrainerCallback
 
 from ft_callbacks import ConfigurationError, FtCallback, OverfitGuard
+from ft_callbacks._compat import TRANSFORMERS_VERSION
 from ft_callbacks.core.stopping import GapRule
 
 from .helpers import lm_trainer, wandb_history
@@ -50,7 +51,9 @@ def test_exact_perplexity_matches_hand_computation_and_differs_from_exp_eval_los
     assert metrics["eval_bits_per_byte"] == pytest.approx(nll / math.log(2) / n_bytes, rel=1e-6)
     # The Trainer's own number is batch-weighted and, for GPT-2 on transformers 5.x, divides by the
     # unshifted label count: exp(eval_loss) is not the corpus perplexity.
-    assert abs(math.exp(metrics["eval_loss"]) / metrics["eval_perplexity"] - 1) > 0.01
+    # (4.x has only the batch weighting, a smaller error on an untrained model.)
+    expected_error = 0.01 if TRANSFORMERS_VERSION.major >= 5 else 1e-4
+    assert abs(math.exp(metrics["eval_loss"]) / metrics["eval_perplexity"] - 1) > expected_error
     # Standalone evaluate() reports the same numbers into log_history, but no training-only values.
     entry = _eval_entries(trainer)[-1]
     assert entry["eval_perplexity"] == metrics["eval_perplexity"]
