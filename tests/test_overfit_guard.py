@@ -277,3 +277,42 @@ def test_missing_monitor_names_the_available_keys(tokenizer, corpus, tmp_path):
         trainer.train()
     assert "eval_perplexity" in str(info.value) and "eval_loss" in str(info.value)
     assert trainer.state.global_step == 0  # eval_on_start caught it before any training step
+
+
+def test_encoder_decoder_perplexity_is_unshifted(tokenizer, corpus, tmp_path):
+    """T5: labels line up with the decoder's logits, so nothing is shifted."""
+    from datasets import Dataset
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    from ft_callbacks import toy
+
+    def encode(batch):
+        enc = tokenizer(batch["source"], truncation=True, max_length=32)
+        enc["labels"] = tokenizer(batch["target"], truncation=True, max_length=16)["input_ids"]
+        return enc
+
+    pairs = {"source": corpus[300:333], "target": [" ".join(t.split()[:6]) for t in corpus[300:333]]}
+    data = Dataset.from_dict(pairs).map(encode, batched=True, remove_columns=["source", "target"])
+    model = toy.tiny_t5(tokenizer)
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=Seq2SeqTrainingArguments(
+            output_dir=str(tmp_path / "out"), per_device_eval_batch_size=8, report_to="none", use_cpu=True
+        ),
+        eval_dataset=data,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
+        processing_class=tokenizer,
+        callbacks=[OverfitGuard()],
+    )
+    metrics = trainer.evaluate()
+    nll, tokens = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for batch in trainer.get_eval_dataloader():
+            logits = model(**batch).logits
+            mask = batch["labels"] != -100
+            log_probs = torch.log_softmax(logits.double(), dim=-1)
+            picked = log_probs.gather(-1, batch["labels"].clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            nll -= picked[mask].sum().item()
+            tokens += int(mask.sum())
+    assert metrics["eval_perplexity"] == pytest.approx(math.exp(nll / tokens), rel=1e-6)
