@@ -1,10 +1,13 @@
 """ft_callbacks: monitoring callbacks for the Hugging Face Trainer.
 
-    from ft_callbacks import OverfitGuard
-    trainer = Trainer(..., callbacks=[OverfitGuard()])
+    from ft_callbacks import BestCheckpointSaver, OverfitGuard
+    trainer = Trainer(..., callbacks=[OverfitGuard(), BestCheckpointSaver(monitor="eval_perplexity")])
+
+`ft_callbacks.best_checkpoint.best_checkpoint(output_dir)` finds the best saved checkpoint.
 """
 
 from .base import ConfigurationError, FtCallback
+from .best_checkpoint import BestCheckpointSaver, CheckpointRanking
 from .core import GapRule, OverfitPolicy, PlateauRule, StopDecision, TokenLossTotals, infer_mode
 from .overfit_guard import OverfitGuard
 from .reporting import EvaluationContext
@@ -12,6 +15,8 @@ from .reporting import EvaluationContext
 __version__ = "0.1.0"
 
 __all__ = [
+    "BestCheckpointSaver",
+    "CheckpointRanking",
     "ConfigurationError",
     "EvaluationContext",
     "FtCallback",

@@ -153,6 +153,12 @@ class WandbSink:
 SINK = WandbSink()
 
 
+def summary_key(name: str) -> str:
+    """Run-level keys: a name that already has a namespace (`best/eval_loss`) is kept as is;
+    others are put under `ft_callbacks/` so they never collide with the Trainer's keys."""
+    return name if "/" in name else f"ft_callbacks/{name}"
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
@@ -209,7 +215,8 @@ class EvaluationContext:
         return key
 
     def add_summary(self, name: str, value: Any) -> None:
-        """A run-level value (best so far, stop reason): wandb summary and log_history."""
+        """A run-level value (best so far, stop reason): wandb summary and log_history, under
+        `summary_key(name)`."""
         self.summary[name] = value
 
     def add_media(self, name: str, build: Callable[[Any], Any]) -> None:
@@ -220,7 +227,7 @@ class EvaluationContext:
 def flush_evaluation(ctx: EvaluationContext) -> None:
     """Send what the callbacks added during one evaluation everywhere it belongs, once."""
     state = ctx.state
-    entry: dict[str, Any] = {**ctx.results, **{f"ft_callbacks/{k}": v for k, v in ctx.summary.items()}}
+    entry: dict[str, Any] = {**ctx.results, **{summary_key(k): v for k, v in ctx.summary.items()}}
     if entry:
         history = state.log_history
         last = history[-1] if history else None
@@ -243,13 +250,13 @@ def flush_evaluation(ctx: EvaluationContext) -> None:
                 except Exception as exc:
                     SINK.notice(f"media:{name}", f"could not build wandb object {name!r}: {exc}")
     SINK.log(data, ctx.step, run_name)
-    SINK.summarize({f"ft_callbacks/{k}": v for k, v in ctx.summary.items()}, run_name)
+    SINK.summarize({summary_key(k): v for k, v in ctx.summary.items()}, run_name)
     shown = ", ".join(f"{k.removeprefix(ctx.prefix + '_')} {_fmt(v)}" for k, v in ctx.results.items())
     loss = ctx.metrics.get(f"{ctx.prefix}_loss")
     head = f"[ft_callbacks] step {ctx.step} | {ctx.prefix}_loss {_fmt(loss)}" if loss is not None else (
         f"[ft_callbacks] step {ctx.step}"
     )
-    _print(" | ".join([head, shown, *ctx.console]) if shown or ctx.console else head)
+    _print(" | ".join(part for part in [head, shown, *ctx.console] if part))
 
 
 def report_event(
@@ -264,14 +271,14 @@ def report_event(
     summary and log_history as `ft_callbacks/<name>`."""
     values = values or {}
     summary = summary or {}
-    entry = {**values, **{f"ft_callbacks/{k}": v for k, v in summary.items()}}
+    entry = {**values, **{summary_key(k): v for k, v in summary.items()}}
     if entry:
         state.log_history.append({**entry, "epoch": state.epoch, "step": int(state.global_step)})
     if not state.is_world_process_zero:
         return
     run_name = _run_name(args)
     SINK.log(rewrite_logs(values), int(state.global_step), run_name)
-    SINK.summarize({f"ft_callbacks/{k}": v for k, v in summary.items()}, run_name)
+    SINK.summarize({summary_key(k): v for k, v in summary.items()}, run_name)
     if message:
         _print(f"[ft_callbacks] step {int(state.global_step)} | {message}")
 

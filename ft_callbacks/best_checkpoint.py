@@ -1,0 +1,706 @@
+"""BestCheckpointSaver: write a checkpoint only when the monitored metric improves, atomically, top-k.
+
+Layout in `output_dir` (the Trainer's, unless `output_dir=` is given):
+
+    best_checkpoints.json                        the manifest: the truth scripts and resumed runs read
+    best-step000040-eval_loss=3.1416/            one kept checkpoint (weights, config, tokenizer, info)
+    .tmp-best-<step>-<pid>/                      a save in progress (removed at the next start)
+
+A checkpoint is written into a `.tmp-best-*` folder, every file fsync'ed, then renamed to its final
+name in one `os.replace` (the manifest names it under `"pending"` first, so a folder renamed just
+before a kill is known to be ours); only then is the manifest rewritten (tmp file + fsync +
+`os.replace`), and only after that are pruned checkpoints deleted (they are listed under `"pruning"`
+until gone). A kill at any moment leaves the previous manifest and every checkpoint it lists intact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from transformers.trainer_callback import ExportableState
+
+from ._compat import eval_strategy
+from .base import ConfigurationError, FtCallback, _Hub
+from .core.modes import Mode, check_mode, is_finite, is_improvement, normalize_metric_name
+from .distributed import broadcast_from_main, is_distributed
+from .reporting import SINK, EvaluationContext, _print, notice_once, report_event, warn
+
+MANIFEST = "best_checkpoints.json"
+TMP_PREFIX = ".tmp-best-"
+INFO_FILE = "best_checkpoint.json"
+MANIFEST_VERSION = 1
+
+
+# -- ranking: plain numbers, no framework ---------------------------------------------------------
+@dataclass
+class RankedCheckpoint:
+    step: int
+    value: float
+    path: str = ""  # folder name, relative to the output dir
+    time: str = ""
+    seconds: float = 0.0
+    bytes: int = 0
+
+
+@dataclass
+class RankingDecision:
+    saved: bool
+    pruned: list[RankedCheckpoint] = field(default_factory=list)
+
+
+class CheckpointRanking:
+    """Which checkpoints to keep: the `keep` best by value; a value counts only if it beats the best
+    so far by more than `min_delta` (NaN/inf never do). The best is never pruned."""
+
+    def __init__(self, mode: Mode = "min", keep: int = 1, min_delta: float = 0.0) -> None:
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"keep={keep!r} is not valid: keep at least 1 checkpoint (the best).")
+        if not isinstance(min_delta, (int, float)) or not math.isfinite(min_delta) or min_delta < 0:
+            raise ValueError(f"min_delta={min_delta!r} is not valid: use a finite number >= 0.")
+        self.mode = check_mode(mode, "metric")
+        self.keep = keep
+        self.min_delta = float(min_delta)
+        self.entries: list[RankedCheckpoint] = []  # kept, best first
+        self.best_value: float | None = None
+        self.best_step: int | None = None
+
+    @property
+    def best(self) -> RankedCheckpoint | None:
+        return self.entries[0] if self.entries else None
+
+    def improves(self, value: float | None) -> bool:
+        return is_improvement(value, self.best_value, self.mode, self.min_delta)
+
+    def _sort(self) -> None:
+        sign = 1.0 if self.mode == "min" else -1.0
+        # Best value first; among equal values the earlier step (it was the best first).
+        self.entries.sort(key=lambda e: (sign * e.value, e.step))
+
+    def add(self, step: int, value: float | None, path: str = "", **info: Any) -> RankingDecision:
+        """Offer an evaluation's value. Saved (and ranked) only if it improves; returns the entries
+        that fall out of the top `keep` (never the best)."""
+        if not self.improves(value):
+            return RankingDecision(saved=False)
+        entry = RankedCheckpoint(step=int(step), value=float(value), path=path, **info)  # type: ignore[arg-type]
+        self.entries.append(entry)
+        self.best_value, self.best_step = entry.value, entry.step
+        return RankingDecision(saved=True, pruned=self.prune())
+
+    def prune(self) -> list[RankedCheckpoint]:
+        self._sort()
+        best = self.entries[0] if self.entries else None
+        dropped = [e for e in self.entries[self.keep :] if e is not best]
+        self.entries = [e for e in self.entries if e not in dropped]
+        return dropped
+
+    def remove(self, path: str) -> None:
+        self.entries = [e for e in self.entries if e.path != path]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best_value": self.best_value,
+            "best_step": self.best_step,
+            "entries": [asdict(e) for e in self.entries],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.entries = [RankedCheckpoint(**e) for e in state.get("entries", [])]
+        self.best_value = state.get("best_value")
+        self.best_step = state.get("best_step")
+        self._sort()
+        if self.best_value is None and self.entries:
+            self.best_value, self.best_step = self.entries[0].value, self.entries[0].step
+
+
+# -- manifest and files ---------------------------------------------------------------------------
+def checkpoint_name(step: int, monitor: str, value: float) -> str:
+    metric = re.sub(r"[^A-Za-z0-9_.-]", "_", monitor)
+    return f"best-step{int(step):06d}-{metric}={value:.4f}"
+
+
+def _fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: str | os.PathLike) -> int:
+    """fsync every file and folder under `root`; returns the bytes in it."""
+    total = 0
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            total += os.path.getsize(path)
+            _fsync_path(path)
+        _fsync_path(dirpath, directory=True)
+    return total
+
+
+def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
+    """A reader sees the old file or the new one, never a torn one, even after a crash."""
+    path = str(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, default=float)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_path(os.path.dirname(path) or ".", directory=True)
+
+
+def read_manifest(output_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The manifest of `output_dir`, or None when there is none (or it cannot be parsed)."""
+    try:
+        with open(os.path.join(output_dir, MANIFEST)) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def best_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """Path of the best checkpoint the manifest of `output_dir` lists, or None."""
+    manifest = read_manifest(output_dir)
+    if not manifest or not manifest.get("best"):
+        return None
+    return Path(output_dir) / manifest["best"]
+
+
+def _remove_tree(path: str | os.PathLike) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# -- engines --------------------------------------------------------------------------------------
+def _sharded_engine(args: Any) -> str | None:
+    """'FSDP' or 'DeepSpeed ZeRO-3' when parameters are sharded across ranks, else None."""
+    if getattr(args, "fsdp", None) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        return "FSDP"
+    try:
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+        if is_deepspeed_zero3_enabled():
+            return "DeepSpeed ZeRO-3"
+    except ImportError:  # pragma: no cover
+        pass
+    config = getattr(args, "deepspeed", None)
+    if config:
+        try:
+            if isinstance(config, (str, os.PathLike)):
+                with open(config) as f:
+                    config = json.load(f)
+            if int(config.get("zero_optimization", {}).get("stage", 0)) == 3:
+                return "DeepSpeed ZeRO-3"
+        except (OSError, ValueError, AttributeError, TypeError):
+            pass
+    return None
+
+
+def _is_peft(model: Any) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def load_weights_into(model: Any, folder: str | os.PathLike) -> None:
+    """Put the weights saved in `folder` (by `save_pretrained`) back into `model`, in place."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if _is_peft(model):
+        from peft import set_peft_model_state_dict
+
+        adapter = folder / "adapter_model.safetensors"
+        if not adapter.exists():
+            raise FileNotFoundError(f"{folder} has no adapter_model.safetensors")
+        set_peft_model_state_dict(model, load_file(str(adapter)))
+        return
+    single = folder / "model.safetensors"
+    index = folder / "model.safetensors.index.json"
+    if single.exists():
+        files = [single]
+    elif index.exists():
+        shard_names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = [folder / name for name in shard_names]
+    else:
+        raise FileNotFoundError(f"{folder} has no model.safetensors")
+    state: dict[str, Any] = {}
+    for path in files:
+        state.update(load_file(str(path)))
+    result = model.load_state_dict(state, strict=False)
+    # save_pretrained leaves out tied weights (e.g. lm_head = embeddings); anything else is an error.
+    tied = set()
+    for getter in ("all_tied_weights_keys", "_tied_weights_keys"):
+        keys = getattr(model, getter, None)
+        if isinstance(keys, dict):
+            tied.update(keys)
+        elif isinstance(keys, (list, tuple, set)):
+            tied.update(keys)
+    missing = [k for k in result.missing_keys if k not in tied and not k.endswith("lm_head.weight")]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(
+            f"the checkpoint in {folder} does not match the model: missing {missing[:5]}, "
+            f"unexpected {list(result.unexpected_keys)[:5]}"
+        )
+
+
+# -- the callback ---------------------------------------------------------------------------------
+class BestCheckpointSaver(FtCallback, ExportableState):
+    """Save a checkpoint only when `monitor` improves; keep the `keep` best; atomic; manifest in JSON.
+
+    `BestCheckpointSaver(monitor="eval_loss", mode=None, min_delta=0.0, keep=1)`:
+
+    - after each evaluation during training, saves when `monitor` (any eval metric, including those
+      other ft_callbacks callbacks add in the same evaluation, whatever the list order) beats the
+      best so far by more than `min_delta` (`mode` "min"/"max", inferred from the name when None);
+      NaN/inf never count;
+    - keeps the `keep` best checkpoints it wrote (named `best-step{step:06d}-{monitor}={value:.4f}`)
+      and deletes the others it wrote, never the best and never anything it did not write (the
+      Trainer's `checkpoint-*` rotation is untouched);
+    - `best_checkpoints.json` in the output dir lists the kept checkpoints (step, metric, value, time,
+      seconds, bytes) and the best one (`best_checkpoint(output_dir)` returns its path);
+    - `save_optimizer=False`: weights (adapter only for PEFT models), config and tokenizer only;
+      True also writes `optimizer.pt` and `scheduler.pt`;
+    - `load_best_at_end=True`: the best weights are loaded back into the model when training ends
+      (works with `save_strategy="no"`);
+    - `upload_to_wandb=True`: the best checkpoint is logged as a wandb Artifact (type "model",
+      alias "best") when training ends, offline runs included (`wandb sync` uploads it later);
+    - under DDP (and DeepSpeed ZeRO-1/2) rank 0 writes the one copy and every rank waits for it;
+      FSDP and ZeRO-3 (sharded parameters) are refused with a clear error.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "eval_loss",
+        mode: Literal["min", "max"] | None = None,
+        min_delta: float = 0.0,
+        keep: int = 1,
+        save_optimizer: bool = False,
+        load_best_at_end: bool = False,
+        upload_to_wandb: bool = False,
+        artifact_name: str | None = None,
+        output_dir: str | None = None,
+    ) -> None:
+        self._init_args = {
+            "monitor": monitor,
+            "mode": mode,
+            "min_delta": min_delta,
+            "keep": keep,
+            "save_optimizer": save_optimizer,
+            "load_best_at_end": load_best_at_end,
+            "upload_to_wandb": upload_to_wandb,
+            "artifact_name": artifact_name,
+            "output_dir": output_dir,
+        }
+        if not isinstance(monitor, str) or not monitor:
+            raise ConfigurationError(f"monitor={monitor!r} is not valid: name an eval metric such as 'eval_loss'.")
+        self.monitor = normalize_metric_name(monitor)
+        try:
+            self.mode: Mode = check_mode(mode, self.monitor)
+            self.ranking = CheckpointRanking(self.mode, keep, min_delta)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        self.keep = keep
+        self.min_delta = float(min_delta)
+        self.save_optimizer = bool(save_optimizer)
+        self.load_best_at_end = bool(load_best_at_end)
+        self.upload_to_wandb = bool(upload_to_wandb)
+        self.artifact_name = artifact_name
+        self.output_dir = output_dir
+        self.saves: list[dict[str, Any]] = []  # every save of this process: step, seconds, bytes
+        self._restored_state: dict[str, Any] | None = None
+        self._training = False
+        self._monitor_checked = False
+        self._optimizer: Any = None
+        self._scheduler: Any = None
+        self._resolved_dir: str | None = None
+
+    # -- state ---------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """ExportableState: written into every Trainer checkpoint's trainer_state.json."""
+        return {"args": dict(self._init_args), "attributes": {"_restored_state": self.ranking.state_dict()}}
+
+    @property
+    def best_value(self) -> float | None:
+        return self.ranking.best_value
+
+    @property
+    def best_step(self) -> int | None:
+        return self.ranking.best_step
+
+    @property
+    def best_path(self) -> Path | None:
+        """The best checkpoint's folder (known once training has started)."""
+        best = self.ranking.best
+        if best is None or self._resolved_dir is None:
+            return None
+        return Path(self._resolved_dir) / best.path
+
+    def _dir(self, args: Any) -> str:
+        self._resolved_dir = str(self.output_dir or args.output_dir)
+        return self._resolved_dir
+
+    # -- start / resume ------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if eval_strategy(args) == "no":
+            raise ConfigurationError(
+                "BestCheckpointSaver saves after evaluations, but eval_strategy='no'. Set "
+                "TrainingArguments(eval_strategy='steps', eval_steps=N) (or 'epoch') and pass an eval_dataset."
+            )
+        engine = _sharded_engine(args)
+        if engine is not None:
+            raise ConfigurationError(
+                f"BestCheckpointSaver does not support {engine}: the parameters are sharded across ranks and "
+                "gathering them is collective, which a callback cannot do the Trainer's way. Use the Trainer's "
+                "save_strategy='best' with metric_for_best_model instead."
+            )
+        if self.save_optimizer and getattr(args, "deepspeed", None):
+            raise ConfigurationError(
+                "save_optimizer=True is not supported under DeepSpeed (its optimizer state is partitioned); "
+                "use save_optimizer=False (weights only) or the Trainer's own checkpoints for resuming."
+            )
+        if self.load_best_at_end and getattr(args, "load_best_model_at_end", False) and state.is_world_process_zero:
+            notice_once(
+                "best_load_twice",
+                "both load_best_model_at_end (Trainer) and BestCheckpointSaver(load_best_at_end=True) are set; the "
+                "saver runs last, so the model ends with the weights of the saver's best checkpoint.",
+            )
+        self._capture(kwargs)
+        out = self._dir(args)
+        error = None
+        if state.is_world_process_zero:
+            error = self._check_writable(out)
+        error = broadcast_from_main(error)
+        if error:
+            raise ConfigurationError(error)
+        self._training = True
+        self._monitor_checked = False
+        saved = self._restored_state
+        self._restored_state = None
+        if state.global_step > 0:
+            manifest = read_manifest(out)
+            if manifest is None and saved is None:
+                entry = (state.stateful_callbacks or {}).get(type(self).__name__)
+                if isinstance(entry, list):
+                    entry = next((e for e in entry if e.get("args") == self._init_args), entry[0] if entry else None)
+                if isinstance(entry, dict):
+                    saved = entry.get("attributes", {}).get("_restored_state")
+            if manifest is not None:
+                saved = self._state_from_manifest(manifest)
+            self.ranking = CheckpointRanking(self.mode, self.keep, self.min_delta)
+            if saved:
+                self.ranking.load_state_dict(saved)
+        else:
+            self.ranking = CheckpointRanking(self.mode, self.keep, self.min_delta)
+        if state.is_world_process_zero:
+            self._recover(out, fresh=state.global_step == 0)
+        # Every rank ranks alike: rank 0's view (after the repair) is everyone's.
+        ranking_state = broadcast_from_main(self.ranking.state_dict())
+        self.ranking.load_state_dict(ranking_state)
+        if state.global_step > 0 and state.is_world_process_zero and self.ranking.best is not None:
+            notice_once(
+                "best_restored",
+                f"BestCheckpointSaver resumed at step {state.global_step}: best {self.monitor} "
+                f"{self.ranking.best_value:.6g} at step {self.ranking.best_step}, {len(self.ranking.entries)} kept.",
+            )
+
+    @staticmethod
+    def _check_writable(out: str) -> str | None:
+        try:
+            os.makedirs(out, exist_ok=True)
+            probe = os.path.join(out, f"{TMP_PREFIX}probe-{os.getpid()}")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except OSError as exc:
+            return (
+                f"BestCheckpointSaver cannot write to the output directory {out!r} ({exc}). Pick a writable "
+                "output_dir (TrainingArguments(output_dir=...) or BestCheckpointSaver(output_dir=...))."
+            )
+        return None
+
+    def _state_from_manifest(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        if manifest.get("monitor") not in (None, self.monitor) or manifest.get("mode") not in (None, self.mode):
+            warn(
+                f"the manifest in the output dir ranks {manifest.get('monitor')!r} ({manifest.get('mode')}), "
+                f"this saver {self.monitor!r} ({self.mode}): starting a new ranking."
+            )
+            return None
+        entries = []
+        for e in manifest.get("checkpoints", []):
+            try:
+                entries.append(
+                    asdict(
+                        RankedCheckpoint(
+                            step=int(e["step"]),
+                            value=float(e["value"]),
+                            path=str(e["path"]),
+                            time=str(e.get("time", "")),
+                            seconds=float(e.get("seconds", 0.0)),
+                            bytes=int(e.get("bytes", 0)),
+                        )
+                    )
+                )
+            except (KeyError, TypeError, ValueError):
+                warn(f"ignoring a malformed manifest entry: {e!r}")
+        return {"best_value": manifest.get("best_value"), "best_step": manifest.get("best_step"), "entries": entries}
+
+    def _recover(self, out: str, fresh: bool) -> None:
+        """Rank 0, at the start: drop unfinished saves, finish pending deletions, repair the manifest."""
+        for name in os.listdir(out):
+            if name.startswith(TMP_PREFIX):
+                _remove_tree(os.path.join(out, name))
+        manifest = read_manifest(out)
+        if manifest is not None:
+            listed = {e.get("path") for e in manifest.get("checkpoints", []) if isinstance(e, dict)}
+            # A deletion cut off, or a save renamed into place but never listed: both are ours.
+            leftovers = [*manifest.get("pruning", []), *manifest.get("pending", [])]
+            for name in leftovers:
+                if isinstance(name, str) and name.startswith("best-") and "/" not in name and name not in listed:
+                    _remove_tree(os.path.join(out, name))
+        if fresh:
+            if manifest is not None and manifest.get("checkpoints"):
+                archive = os.path.join(out, f"best_checkpoints.{int(time.time())}.json")
+                os.replace(os.path.join(out, MANIFEST), archive)
+                warn(
+                    f"{MANIFEST} in {out} is from an earlier run; it was moved to {os.path.basename(archive)} and its "
+                    "checkpoints are left on disk untouched. This run starts a new ranking."
+                )
+            return
+        missing = [e for e in self.ranking.entries if not (Path(out) / e.path).is_dir()]
+        for e in missing:
+            self.ranking.remove(e.path)
+        if missing:
+            warn(
+                f"{MANIFEST} listed checkpoints that no longer exist ({', '.join(e.path for e in missing)}); "
+                "removed them from the ranking."
+            )
+            if not self.ranking.entries:
+                self.ranking.best_value = self.ranking.best_step = None
+            else:
+                best = self.ranking.entries[0]
+                self.ranking.best_value, self.ranking.best_step = best.value, best.step
+        lost = manifest is None and bool(self.ranking.entries)  # restored from trainer_state.json
+        dirty = manifest is not None and (manifest.get("pruning") or manifest.get("pending"))
+        if missing or lost or dirty:
+            self._write_manifest(out)
+
+    # -- events --------------------------------------------------------------------------------
+    def _capture(self, kwargs: dict[str, Any]) -> None:
+        self._optimizer = kwargs.get("optimizer") or self._optimizer
+        self._scheduler = kwargs.get("lr_scheduler") or self._scheduler
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        super().on_step_begin(args, state, control, **kwargs)
+        self._capture(kwargs)
+
+    def validate(self, args: Any, state: Any, hub: _Hub) -> None:
+        known = {"eval_loss"} | hub.produced_metrics("eval")
+        if self.monitor not in known and state.is_world_process_zero:
+            notice_once(
+                f"best_monitor:{self.monitor}",
+                f"BestCheckpointSaver monitors {self.monitor!r}, which none of the ft_callbacks callbacks produce; "
+                "it must come from compute_metrics. It is checked at the first evaluation (eval_on_start=True "
+                "checks it before the first training step).",
+            )
+
+    def decide(self, ctx: EvaluationContext) -> None:
+        if not self._training or not self.monitor.startswith(f"{ctx.prefix}_"):
+            return
+        value = ctx.metrics.get(self.monitor)
+        if value is None and not self._monitor_checked:
+            available = sorted(k for k in ctx.metrics if k.startswith(f"{ctx.prefix}_"))
+            raise ConfigurationError(
+                f"BestCheckpointSaver monitors {self.monitor!r}, but the evaluation at step {ctx.step} produced only "
+                f"{available}. Pick one of those (or fix compute_metrics); pass eval_on_start=True to "
+                "TrainingArguments to catch this before the first training step."
+            )
+        self._monitor_checked = True
+        if value is not None and not isinstance(value, (int, float)):
+            return
+        value = None if value is None else float(value)
+        # Metrics are reduced across ranks already; rank 0's reading is made everyone's all the same.
+        improves = broadcast_from_main(self.ranking.improves(value))
+        if value is not None and not is_finite(value) and ctx.is_main:
+            ctx.console.append(f"{self.monitor} is {value}: not a best")
+        if not improves:
+            return
+        record = self._save(ctx, value)  # type: ignore[arg-type]
+        if record is None:
+            return
+        ctx.add_summary(f"best/{self.monitor}", value)
+        ctx.add_summary("best/step", ctx.step)
+        ctx.add_summary("best/checkpoint", record["path"])
+        ctx.add_summary("best/save_seconds", record["seconds"])
+        ctx.add_summary("best/save_bytes", record["bytes"])
+        ctx.console.append(
+            f"saved {record['path']} ({record['bytes'] / 1e6:.2f} MB in {record['seconds']:.2f}s)"
+            + (f", pruned {', '.join(record['pruned'])}" if record["pruned"] else "")
+        )
+
+    # -- saving --------------------------------------------------------------------------------
+    def _save(self, ctx: EvaluationContext, value: float) -> dict[str, Any] | None:
+        out = self._dir(ctx.args)
+        step = ctx.step
+        result: dict[str, Any] | None = None
+        if ctx.is_main:
+            try:
+                result = self._write_checkpoint(ctx, out, step, value)
+            except Exception as exc:  # disk full, permissions: keep the previous best and keep training
+                result = {"error": f"{type(exc).__name__}: {exc}"}
+        # Rank 0 has written (or failed); every rank waits here and learns the outcome.
+        result = broadcast_from_main(result) if is_distributed() else result
+        if not result or "error" in result:
+            message = (result or {}).get("error", "unknown error")
+            if ctx.is_main:
+                warn(f"could not save the best checkpoint at step {step} ({message}); the previous best is kept.")
+            return None
+        if not ctx.is_main:  # follow rank 0's ranking
+            self.ranking.load_state_dict(result["ranking"])
+        self.saves.append({k: result[k] for k in ("step", "path", "seconds", "bytes")})
+        return result
+
+    def _write_checkpoint(self, ctx: EvaluationContext, out: str, step: int, value: float) -> dict[str, Any]:
+        start = time.monotonic()
+        model = ctx.model
+        if model is None:
+            raise RuntimeError("the Trainer passed no model to the callback")
+        name = checkpoint_name(step, self.monitor, value)
+        final = os.path.join(out, name)
+        suffix = 1
+        while os.path.exists(final):  # left by an earlier run into the same output_dir: never overwritten
+            suffix += 1
+            final = os.path.join(out, f"{name}-{suffix}")
+        name = os.path.basename(final)
+        tmp = os.path.join(out, f"{TMP_PREFIX}{step}-{os.getpid()}")
+        _remove_tree(tmp)
+        try:
+            model.save_pretrained(tmp)  # PEFT models write their adapter only
+            processor = ctx.processing_class
+            if processor is not None and hasattr(processor, "save_pretrained"):
+                processor.save_pretrained(tmp)
+            if self.save_optimizer:
+                import torch
+
+                if self._optimizer is not None:
+                    torch.save(self._optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+                if self._scheduler is not None:
+                    torch.save(self._scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            info = {"step": step, "metric": self.monitor, "value": value, "mode": self.mode, "time": now}
+            with open(os.path.join(tmp, INFO_FILE), "w") as f:
+                json.dump(info, f, indent=2)
+            size = _fsync_tree(tmp)
+            self._write_manifest(out, pending=[name])  # whatever happens next, `name` is known to be ours
+            os.replace(tmp, final)  # the checkpoint appears complete, or not at all
+            _fsync_path(out, directory=True)
+        except Exception:  # a kill or KeyboardInterrupt leaves the folder aside; the next start removes it
+            _remove_tree(tmp)
+            raise
+        seconds = time.monotonic() - start
+        decision = self.ranking.add(step, value, path=name, time=now, seconds=round(seconds, 4), bytes=size)
+        pruned = [e.path for e in decision.pruned]
+        self._write_manifest(out, pruning=pruned)  # the manifest lists the new best before anything is deleted
+        for path in pruned:
+            _remove_tree(os.path.join(out, path))
+        if pruned:
+            self._write_manifest(out)
+        return {
+            "step": step,
+            "path": name,
+            "seconds": round(time.monotonic() - start, 4),
+            "bytes": size,
+            "pruned": pruned,
+            "ranking": self.ranking.state_dict(),
+        }
+
+    def _write_manifest(self, out: str, pruning: list[str] | None = None, pending: list[str] | None = None) -> None:
+        best = self.ranking.best
+        payload = {
+            "version": MANIFEST_VERSION,
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "min_delta": self.min_delta,
+            "keep": self.keep,
+            "best": best.path if best else None,
+            "best_step": self.ranking.best_step,
+            "best_value": self.ranking.best_value,
+            "checkpoints": [
+                {
+                    "path": e.path,
+                    "step": e.step,
+                    "metric": self.monitor,
+                    "value": e.value,
+                    "time": e.time,
+                    "seconds": e.seconds,
+                    "bytes": e.bytes,
+                    "best": e is best,
+                }
+                for e in self.ranking.entries
+            ],
+            "pruning": list(pruning or []),
+            "pending": list(pending or []),
+        }
+        write_json_atomic(os.path.join(out, MANIFEST), payload)
+
+    # -- end of training -----------------------------------------------------------------------
+    def on_train_end(self, args, state, control, **kwargs):
+        super().on_train_end(args, state, control, **kwargs)
+        self._training = False
+        out = self._dir(args)
+        best = self.ranking.best
+        if best is None:
+            if state.is_world_process_zero:
+                report_event(args, state, message=f"BestCheckpointSaver: no finite {self.monitor}, nothing saved.")
+            return
+        folder = os.path.join(out, best.path)
+        if self.load_best_at_end:
+            model = kwargs.get("model")
+            load_weights_into(model, folder)  # every rank: all must hold the same weights
+            if state.is_world_process_zero:
+                _print(f"[ft_callbacks] BestCheckpointSaver loaded the best weights from {best.path}.")
+        if state.is_world_process_zero:
+            if self.upload_to_wandb:
+                self._upload(args, folder, best)
+            report_event(
+                args,
+                state,
+                summary={f"best/{self.monitor}": best.value, "best/step": best.step, "best/checkpoint": best.path},
+                message=f"BestCheckpointSaver: best {self.monitor} {best.value:.6g} at step {best.step} in {folder}",
+            )
+
+    def _upload(self, args: Any, folder: str, best: RankedCheckpoint) -> None:
+        run = SINK.run(getattr(args, "run_name", None))
+        if run is None:
+            return
+        try:
+            import wandb
+
+            name = self.artifact_name or f"{run.id}-best"
+            artifact = wandb.Artifact(
+                re.sub(r"[^A-Za-z0-9_.-]", "-", name),
+                type="model",
+                metadata={"step": best.step, "metric": self.monitor, "value": best.value, "mode": self.mode},
+            )
+            artifact.add_dir(folder)
+            run.log_artifact(artifact, aliases=["best", f"step-{best.step}"])
+        except Exception as exc:
+            notice_once("best_artifact", f"could not log the best checkpoint to wandb ({type(exc).__name__}: {exc}).")
