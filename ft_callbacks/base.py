@@ -28,6 +28,16 @@ class ConfigurationError(ValueError):
     wherever the information exists by then."""
 
 
+def missing_monitor_error(owner: str, monitor: str, ctx: EvaluationContext) -> ConfigurationError:
+    """The error for a monitored metric an evaluation did not produce, listing what it did produce."""
+    available = sorted(k for k in ctx.metrics if k.startswith(f"{ctx.prefix}_"))
+    return ConfigurationError(
+        f"{owner} monitors {monitor!r}, but the evaluation at step {ctx.step} produced only "
+        f"{available}. Pick one of those (or fix compute_metrics); pass eval_on_start=True to "
+        "TrainingArguments to catch this before the first training step."
+    )
+
+
 class _Hub:
     def __init__(self) -> None:
         self.members: list[FtCallback] = []

@@ -29,7 +29,7 @@ from typing import Any, Literal
 from transformers.trainer_callback import ExportableState
 
 from ._compat import eval_strategy
-from .base import ConfigurationError, FtCallback, _Hub
+from .base import ConfigurationError, FtCallback, _Hub, missing_monitor_error
 from .core.modes import Mode, check_mode, is_finite, is_improvement, normalize_metric_name
 from .distributed import broadcast_from_main, is_distributed
 from .reporting import SINK, EvaluationContext, _print, notice_once, report_event, warn
@@ -527,12 +527,7 @@ class BestCheckpointSaver(FtCallback, ExportableState):
             return
         value = ctx.metrics.get(self.monitor)
         if value is None and not self._monitor_checked:
-            available = sorted(k for k in ctx.metrics if k.startswith(f"{ctx.prefix}_"))
-            raise ConfigurationError(
-                f"BestCheckpointSaver monitors {self.monitor!r}, but the evaluation at step {ctx.step} produced only "
-                f"{available}. Pick one of those (or fix compute_metrics); pass eval_on_start=True to "
-                "TrainingArguments to catch this before the first training step."
-            )
+            raise missing_monitor_error("BestCheckpointSaver", self.monitor, ctx)
         self._monitor_checked = True
         if value is not None and not isinstance(value, (int, float)):
             return

@@ -12,7 +12,7 @@ import torch
 from transformers.trainer_callback import ExportableState
 
 from ._compat import eval_strategy, processing_class
-from .base import ConfigurationError, FtCallback, _Hub
+from .base import ConfigurationError, FtCallback, _Hub, missing_monitor_error
 from .core.modes import check_mode, normalize_metric_name
 from .core.perplexity import TokenLossTotals, merge_rank_batches, safe_exp
 from .core.stopping import OverfitPolicy, StopDecision
@@ -407,12 +407,7 @@ class OverfitGuard(FtCallback, ExportableState):
             return
         monitored = ctx.metrics.get(self.monitor)
         if self.policy.plateau is not None and monitored is None and not self._monitor_checked:
-            available = sorted(k for k in ctx.metrics if k.startswith(f"{ctx.prefix}_"))
-            raise ConfigurationError(
-                f"OverfitGuard monitors {self.monitor!r}, but the evaluation at step {ctx.step} produced only "
-                f"{available}. Pick one of those (or fix compute_metrics); pass eval_on_start=True to "
-                "TrainingArguments to catch this before the first training step."
-            )
+            raise missing_monitor_error("OverfitGuard", self.monitor, ctx)
         self._monitor_checked = True
         token_loss = self._token_loss
         decision = self.policy.on_evaluation(ctx.step, token_loss, self._compare_loss, monitored)
