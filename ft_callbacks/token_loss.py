@@ -151,7 +151,7 @@ class TokenLossProbe:
             tokens = (targets != IGNORE_INDEX).sum().float()
             divisor = kwargs.get("num_items_in_batch")
             if divisor is None:
-                divisor = tokens
+                divisor = tokens.to(loss.device)  # labels may sit on another device (model parallel)
             elif isinstance(divisor, torch.Tensor):
                 divisor = divisor.to(loss.device).float()
             pair = torch.stack([loss.detach().float().reshape(()) * divisor, tokens.to(loss.device)])
