@@ -86,3 +86,21 @@ def lm_trainer(
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_command(script: str | os.PathLike, *script_args: str | os.PathLike) -> list[str]:
+    """`torchrun --nproc_per_node 2` on this machine (CPU, gloo), on a free port."""
+    import sys
+
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
+        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script), *map(str, script_args),
+    ]  # fmt: skip

@@ -8,7 +8,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -33,7 +32,7 @@ from ft_callbacks.best_checkpoint import (
 )
 from ft_callbacks.core.modes import is_improvement
 
-from .helpers import lm_trainer, wandb_records
+from .helpers import lm_trainer, torchrun_command, wandb_records
 
 REPO = Path(__file__).resolve().parents[1]
 DDP_SCRIPT = REPO / "tests" / "dist_scripts" / "best_checkpoint_ddp.py"
@@ -499,12 +498,6 @@ def test_sigkill_at_random_moments_leaves_a_loadable_best_and_a_valid_manifest(t
 
 
 # -- DDP ------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.distributed
 def test_two_process_torchrun_writes_one_checkpoint_per_improvement(tokenizer, tmp_path):
     tok_dir = tmp_path / "tokenizer"
@@ -512,22 +505,7 @@ def test_two_process_torchrun_writes_one_checkpoint_per_improvement(tokenizer, t
     out = tmp_path / "ddp"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "RANK", "LOCAL_RANK", "MASTER_"))}
     env.update({"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--nnodes",
-        "1",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(_free_port()),
-        str(DDP_SCRIPT),
-        str(tok_dir),
-        str(out),
-    ]
+    cmd = torchrun_command(DDP_SCRIPT, tok_dir, out)
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )

@@ -14,15 +14,13 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from .helpers import wandb_history
+from .helpers import torchrun_command, wandb_history
 
 SCRIPT = Path(__file__).resolve().parent / "dist_scripts" / "overfit_guard_ddp.py"
 REPO = Path(__file__).resolve().parents[1]
@@ -30,12 +28,6 @@ MAX_STEPS = 200
 TIMEOUT_S = 240
 
 pytestmark = pytest.mark.distributed
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run_torchrun(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, float]:
@@ -79,23 +71,7 @@ def ddp_run(tokenizer, tmp_path_factory):
             "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
         }
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--nnodes",
-        "1",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(_free_port()),
-        str(SCRIPT),
-        str(tok_dir),
-        str(out_dir),
-        str(MAX_STEPS),
-    ]
+    cmd = torchrun_command(SCRIPT, str(tok_dir), str(out_dir), str(MAX_STEPS))
     rc, output, seconds = _run_torchrun(cmd, env, REPO)
     assert rc == 0, f"torchrun failed (rc={rc}). Output tail:\n{output[-6000:]}"
     records = [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(2)]
