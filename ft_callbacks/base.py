@@ -18,14 +18,12 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from .core.errors import ConfigurationError
 from .reporting import EvaluationContext, flush_evaluation
 
+__all__ = ["ConfigurationError", "FtCallback", "missing_monitor_error"]
+
 _HUB_ATTR = "_ft_callbacks_hub"
-
-
-class ConfigurationError(ValueError):
-    """A setting that cannot work; the message names the fix. Raised before training starts
-    wherever the information exists by then."""
 
 
 def missing_monitor_error(owner: str, monitor: str, ctx: EvaluationContext) -> ConfigurationError:
