@@ -32,7 +32,7 @@ from ft_callbacks.best_checkpoint import (
 )
 from ft_callbacks.core.modes import is_improvement
 
-from .helpers import lm_trainer, torchrun_command, wandb_records
+from .helpers import lm_trainer, run_torchrun, wandb_records
 
 REPO = Path(__file__).resolve().parents[1]
 DDP_SCRIPT = REPO / "tests" / "dist_scripts" / "best_checkpoint_ddp.py"
@@ -503,19 +503,8 @@ def test_two_process_torchrun_writes_one_checkpoint_per_improvement(tokenizer, t
     tok_dir = tmp_path / "tokenizer"
     tokenizer.save_pretrained(str(tok_dir))
     out = tmp_path / "ddp"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "RANK", "LOCAL_RANK", "MASTER_"))}
-    env.update({"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
-    cmd = torchrun_command(DDP_SCRIPT, tok_dir, out)
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    try:
-        output, _ = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"torchrun hung. Output tail:\n{output[-6000:]}")
-    assert proc.returncode == 0, output[-6000:]
+    rc, output, _ = run_torchrun(DDP_SCRIPT, tok_dir, out)
+    assert rc == 0, output[-6000:]
     r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in range(2))
     assert r0["eval_loss"] == r1["eval_loss"]
     improving = _improving(list(zip(r0["eval_steps"], r0["eval_loss"], strict=True)))

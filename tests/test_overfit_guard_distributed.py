@@ -12,43 +12,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from .helpers import torchrun_command, wandb_history
+from .helpers import run_torchrun, wandb_history
 
 SCRIPT = Path(__file__).resolve().parent / "dist_scripts" / "overfit_guard_ddp.py"
-REPO = Path(__file__).resolve().parents[1]
 MAX_STEPS = 200
-TIMEOUT_S = 240
 
 pytestmark = pytest.mark.distributed
-
-
-def _run_torchrun(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, float]:
-    """Run torchrun in its own process group; on timeout kill that whole group, so a hang fails."""
-    start = time.monotonic()
-    proc = subprocess.Popen(
-        args,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"torchrun did not finish within {TIMEOUT_S}s (hang?). Output tail:\n{out[-6000:]}")
-    return proc.returncode, out, time.monotonic() - start
 
 
 @pytest.fixture(scope="module")
@@ -60,19 +33,7 @@ def ddp_run(tokenizer, tmp_path_factory):
     out_dir = root / "out"
     wandb_dir = root / "wandb_root"
     wandb_dir.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "RANK", "LOCAL_RANK", "MASTER_"))}
-    env.update(
-        {
-            "WANDB_MODE": "offline",
-            "WANDB_DIR": str(wandb_dir),
-            "WANDB_SILENT": "true",
-            "OMP_NUM_THREADS": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
-        }
-    )
-    cmd = torchrun_command(SCRIPT, str(tok_dir), str(out_dir), str(MAX_STEPS))
-    rc, output, seconds = _run_torchrun(cmd, env, REPO)
+    rc, output, seconds = run_torchrun(SCRIPT, str(tok_dir), str(out_dir), str(MAX_STEPS), wandb_dir=wandb_dir)
     assert rc == 0, f"torchrun failed (rc={rc}). Output tail:\n{output[-6000:]}"
     records = [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(2)]
     return records, wandb_dir, seconds
