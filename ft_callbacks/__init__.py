@@ -9,6 +9,7 @@
 from .base import ConfigurationError, FtCallback
 from .best_checkpoint import BestCheckpointSaver, CheckpointRanking
 from .core import GapRule, OverfitPolicy, PlateauRule, StopDecision, TokenLossTotals, infer_mode
+from .label_scorer import LabelScorer, label_metrics
 from .overfit_guard import OverfitGuard
 from .reporting import EvaluationContext
 
@@ -21,6 +22,7 @@ __all__ = [
     "EvaluationContext",
     "FtCallback",
     "GapRule",
+    "LabelScorer",
     "OverfitGuard",
     "OverfitPolicy",
     "PlateauRule",
@@ -28,4 +30,5 @@ __all__ = [
     "TokenLossTotals",
     "__version__",
     "infer_mode",
+    "label_metrics",
 ]

@@ -184,6 +184,8 @@ class EvaluationContext:
     summary: dict[str, Any] = field(default_factory=dict)
     media: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
     console: list[str] = field(default_factory=list)
+    blocks: list[str] = field(default_factory=list)  # multi-line console output (a confusion matrix)
+    quiet: set[str] = field(default_factory=set)  # result keys left out of the console line
 
     @property
     def prefix(self) -> str:
@@ -204,14 +206,17 @@ class EvaluationContext:
     def key(self, name: str) -> str:
         return f"{self.prefix}_{name}"
 
-    def add(self, name: str, value: float | int | None) -> str:
-        """Add a result under the Trainer's naming (`perplexity` -> `eval_perplexity`)."""
+    def add(self, name: str, value: float | int | None, show: bool = True) -> str:
+        """Add a result under the Trainer's naming (`perplexity` -> `eval_perplexity`); `show=False`
+        keeps it off the console line (it is still logged everywhere else)."""
         key = self.key(name)
         if value is None:
             return key
         value = float(value)
         self.metrics[key] = value
         self.results[key] = value
+        if not show:
+            self.quiet.add(key)
         return key
 
     def add_summary(self, name: str, value: Any) -> None:
@@ -251,12 +256,16 @@ def flush_evaluation(ctx: EvaluationContext) -> None:
                     SINK.notice(f"media:{name}", f"could not build wandb object {name!r}: {exc}")
     SINK.log(data, ctx.step, run_name)
     SINK.summarize({summary_key(k): v for k, v in ctx.summary.items()}, run_name)
-    shown = ", ".join(f"{k.removeprefix(ctx.prefix + '_')} {_fmt(v)}" for k, v in ctx.results.items())
+    shown = ", ".join(
+        f"{k.removeprefix(ctx.prefix + '_')} {_fmt(v)}" for k, v in ctx.results.items() if k not in ctx.quiet
+    )
     loss = ctx.metrics.get(f"{ctx.prefix}_loss")
     head = f"[ft_callbacks] step {ctx.step} | {ctx.prefix}_loss {_fmt(loss)}" if loss is not None else (
         f"[ft_callbacks] step {ctx.step}"
     )
     _print(" | ".join(part for part in [head, shown, *ctx.console] if part))
+    for block in ctx.blocks:
+        _print(block)
 
 
 def report_event(
