@@ -16,7 +16,7 @@ from transformers import DataCollatorWithPadding, Trainer
 from ft_callbacks import BestCheckpointSaver, ConfigurationError, LabelScorer, OverfitGuard, label_metrics, toy
 from ft_callbacks.label_scorer import format_confusion_matrix
 
-from .helpers import lm_args, lm_trainer, wandb_history
+from .helpers import lm_args, lm_trainer, run_torchrun, wandb_history
 
 NAMES3 = ["short", "medium", "long"]
 
@@ -205,3 +205,36 @@ def test_works_with_overfit_guard_in_the_same_run(tokenizer, corpus, tmp_path):
     trainer.train()
     logged = last_eval(trainer)
     assert "eval_accuracy" in logged and "eval_perplexity" in logged
+
+
+@pytest.mark.distributed
+def test_two_processes_score_the_whole_eval_set_once(tokenizer, tmp_path):
+    import json
+    from pathlib import Path
+
+    tok_dir = tmp_path / "tokenizer"
+    tokenizer.save_pretrained(str(tok_dir))
+    wandb_dir = tmp_path / "wandb_ddp"
+    wandb_dir.mkdir()
+    script = Path(__file__).resolve().parent / "dist_scripts" / "label_scorer_ddp.py"
+    rc, output, _ = run_torchrun(script, tok_dir, tmp_path / "out", wandb_dir=wandb_dir)
+    assert rc == 0, output[-6000:]
+    r0, r1 = (json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in range(2))
+    assert len(r0["evals"]) == len(r1["evals"]) == 1
+    ours = {k: v for k, v in r0["evals"][0].items() if "runtime" not in k and "per_second" not in k}
+    assert ours == {k: r1["evals"][0][k] for k in ours}  # every rank holds the same numbers
+    assert r0["confusion_matrix"] == r1["confusion_matrix"]
+    logged = r0["evals"][0]
+    probs, labels = np.asarray(r0["hand_probabilities"]), np.asarray(r0["hand_labels"])
+    preds = probs.argmax(1)
+    # Every one of the 61 samples counted once (not one shard, not the repeated padding samples).
+    assert sum(logged[f"eval_support_{n}"] for n in NAMES3) == len(labels) == 61
+    assert np.asarray(r0["confusion_matrix"]).sum() == 61
+    np.testing.assert_array_equal(r0["confusion_matrix"], skm.confusion_matrix(labels, preds, labels=[0, 1, 2]))
+    assert logged["eval_accuracy"] == pytest.approx(skm.accuracy_score(labels, preds), abs=1e-12)
+    assert logged["eval_f1"] == pytest.approx(skm.f1_score(labels, preds, average="macro", zero_division=0), abs=1e-12)
+    assert logged["eval_log_loss"] == pytest.approx(skm.log_loss(labels, probs, labels=[0, 1, 2]), rel=1e-6)
+    # One wandb run (rank 0's), one row of label metrics.
+    assert len(list((wandb_dir / "wandb").glob("offline-run-*"))) == 1
+    rows = [r for r in wandb_history(wandb_dir) if "eval/accuracy" in r]
+    assert [r["train/global_step"] for r in rows] == [10]
