@@ -9,6 +9,8 @@
 from .base import ConfigurationError, FtCallback
 from .best_checkpoint import BestCheckpointSaver, CheckpointRanking
 from .core import GapRule, OverfitPolicy, PlateauRule, StopDecision, TokenLossTotals, infer_mode
+from .core.text_scores import TextScorer, TextScores, score_texts
+from .generation_scorer import GenerationScorer
 from .label_scorer import LabelScorer, label_metrics
 from .overfit_guard import OverfitGuard
 from .reporting import EvaluationContext
@@ -22,13 +24,17 @@ __all__ = [
     "EvaluationContext",
     "FtCallback",
     "GapRule",
+    "GenerationScorer",
     "LabelScorer",
     "OverfitGuard",
     "OverfitPolicy",
     "PlateauRule",
     "StopDecision",
+    "TextScorer",
+    "TextScores",
     "TokenLossTotals",
     "__version__",
     "infer_mode",
     "label_metrics",
+    "score_texts",
 ]
