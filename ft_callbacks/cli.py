@@ -1,0 +1,124 @@
+"""The `ft-callbacks` command.
+
+    ft-callbacks score predictions.jsonl [--metrics rouge bleu bertscore] [--output scores.json]
+
+Exit codes: 0 success, 2 bad input (file, fields, options: the message names the fix), 1 anything
+else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .core.errors import ConfigurationError
+
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _read_jsonl(path: Path, prediction_field: str, reference_field: str) -> tuple[list[str], list[Any]]:
+    if not path.is_file():
+        raise ConfigurationError(f"{path} does not exist; give a JSON-lines file with one object per line.")
+    predictions: list[str] = []
+    references: list[Any] = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigurationError(f"{path}:{number}: not valid JSON ({exc.msg}).") from None
+            missing = [k for k in (prediction_field, reference_field) if k not in row]
+            if missing:
+                raise ConfigurationError(
+                    f"{path}:{number}: missing field(s) {missing}; the line has {sorted(row)}. Name the fields with "
+                    "--prediction-field/--reference-field."
+                )
+            predictions.append(str(row[prediction_field]))
+            reference = row[reference_field]
+            references.append([str(r) for r in reference] if isinstance(reference, list) else str(reference))
+    if not predictions:
+        raise ConfigurationError(f"{path} has no rows.")
+    return predictions, references
+
+
+def _table(scores: dict[str, float]) -> str:
+    width = max(len(k) for k in scores) if scores else 6
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
+    lines += [f"{name:<{width}}  {value:.4f}" for name, value in scores.items()]
+    return "\n".join(lines)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .core.text_scores import TextScorer
+
+    predictions, references = _read_jsonl(Path(args.file), args.prediction_field, args.reference_field)
+    options: dict[str, Any] = {"use_stemmer": not args.no_stemmer}
+    if args.bertscore_model:
+        options["bertscore_model"] = args.bertscore_model
+        options["bertscore_num_layers"] = args.bertscore_num_layers
+    if args.device:
+        options["device"] = args.device
+    scorer = TextScorer(args.metrics, references, **options)
+    try:
+        scores = scorer.score(predictions)
+    finally:
+        scorer.close()
+    output = Path(args.output) if args.output else Path(args.file).with_suffix(".scores.json")
+    payload = {
+        "file": str(args.file),
+        "samples": len(predictions),
+        "scores": scores.corpus,
+        "signatures": scores.signatures,
+        "per_sample": scores.per_sample,
+    }
+    output.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    print(_table(scores.corpus))
+    print(f"\n{len(predictions)} samples; written to {output}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ft-callbacks", description="Monitoring callbacks for the HF Trainer.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    score = commands.add_parser(
+        "score",
+        help="score predictions against references (ROUGE, BLEU, chrF, BERTScore, exact match)",
+        description="Score a JSON-lines file of {prediction, reference} objects (reference may be a list of "
+        "references). Prints a table and writes JSON (corpus scores, per-sample scores, signatures).",
+    )
+    score.add_argument("file", help="JSON-lines file, one object per line")
+    score.add_argument("--metrics", nargs="+", default=["rouge", "bleu", "bertscore"],
+                       help="rouge, bleu, chrf, bertscore, exact_match, or an evaluate metric name "
+                       "(default: %(default)s)")
+    score.add_argument("--output", "-o", help="JSON output path (default: FILE with .scores.json)")
+    score.add_argument("--prediction-field", default="prediction")
+    score.add_argument("--reference-field", default="reference")
+    score.add_argument("--no-stemmer", action="store_true", help="ROUGE without Porter stemming")
+    score.add_argument("--bertscore-model", help="local path or hub name of the BERTScore model")
+    score.add_argument("--bertscore-num-layers", type=int, help="layer of --bertscore-model to use")
+    score.add_argument("--device", help="BERTScore device (default: cuda if available, else cpu)")
+    score.set_defaults(func=cmd_score)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigurationError as exc:
+        print(f"ft-callbacks {args.command}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:
+        print(f"ft-callbacks {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
