@@ -110,6 +110,7 @@ class LabelScorer(FtCallback):
         self.last_report: LabelReport | None = None
         self._names: list[str] | None = self.label_names
         self._batches: list[np.ndarray] = []  # per eval batch: [label, p_0 .. p_{C-1}] rows
+        self._pending: list[np.ndarray] = []  # rows of forwards not yet claimed by the eval loop
         self._model: Any = None
         self._handle: Any = None
         self._no_logits = 0
@@ -206,22 +207,40 @@ class LabelScorer(FtCallback):
             return
         try:
             labels = kwargs.get("labels")
-            if not isinstance(labels, torch.Tensor):
-                return
             logits = _field(output, "logits")
-            if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or labels.dim() != 1:
-                self._no_logits += 1
+            if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+                if isinstance(labels, torch.Tensor):
+                    self._no_logits += 1
                 return
+            if isinstance(labels, torch.Tensor):
+                if labels.dim() != 1:
+                    self._no_logits += 1
+                    return
+                label_column = labels.detach().cpu().numpy().astype(np.float64)
+            else:
+                # The Trainer pops the labels before the forward when it computes the loss itself
+                # (label smoothing, compute_loss_func): they are read from the eval dataset instead.
+                label_column = np.full(len(logits), np.nan)
             probabilities = logits.detach().double().softmax(-1).cpu().numpy()
-            rows = np.concatenate([labels.detach().cpu().numpy().astype(np.float64)[:, None], probabilities], axis=1)
-            self._batches.append(rows)
+            self._pending.append(np.concatenate([label_column[:, None], probabilities], axis=1))
         except Exception as exc:  # measuring must never break the user's forward pass
             notice_once(f"labels:{type(exc).__name__}", f"LabelScorer could not read the batch ({exc}).")
 
+    def on_prediction_step(self, args, state, control, **kwargs):
+        super().on_prediction_step(args, state, control, **kwargs)
+        # Only this Trainer's eval loop calls this, right after the forward of its batch: that forward
+        # is the last one recorded; earlier ones came from elsewhere (another Trainer on the same
+        # model, a manual forward in eval mode) and are dropped.
+        if self._pending:
+            self._batches.append(self._pending[-1])
+        self._pending = []
+
     def on_step_end(self, args, state, control, **kwargs):
-        self._batches = []  # eval-mode forwards outside an evaluation are not the eval set
+        self._pending = []
+        self._batches = []
 
     def on_predict(self, args, state, control, metrics=None, **kwargs):
+        self._pending = []
         self._batches = []
 
     # -- evaluation --------------------------------------------------------------------------
@@ -236,6 +255,21 @@ class LabelScorer(FtCallback):
             return merge_rank_batches(all_gather_objects(batches), total)
         return np.concatenate(batches, axis=0) if batches else np.zeros((0, 0))
 
+    @staticmethod
+    def _labels_from_dataset(ctx: EvaluationContext, count: int) -> np.ndarray:
+        dataset = getattr(ctx.eval_dataloader, "dataset", None)
+        columns = getattr(dataset, "column_names", None) or []
+        column = next((c for c in ("labels", "label") if c in columns), None)
+        values = np.asarray(dataset[column], dtype=np.float64) if column else None
+        if values is None or values.ndim != 1 or len(values) != count:
+            raise ConfigurationError(
+                "LabelScorer could not see the labels: the Trainer removes them from the model inputs when it "
+                "computes the loss itself (label_smoothing_factor > 0 or compute_loss_func), and the eval dataset "
+                "has no 'labels'/'label' column of the same length to read them from. Use "
+                "compute_metrics=ft_callbacks.label_metrics(...) in that set-up."
+            )
+        return values  # the eval loop reads the dataset in order (sequential sampler)
+
     def compute(self, ctx: EvaluationContext) -> None:
         rows = self._gather(ctx)
         if not len(rows):
@@ -247,6 +281,8 @@ class LabelScorer(FtCallback):
                 )
             notice_once("labels:none", "LabelScorer saw no labelled evaluation batch; no label metrics this time.")
             return
+        if np.isnan(rows[:, 0]).any():
+            rows[:, 0] = self._labels_from_dataset(ctx, len(rows))
         labels = rows[:, 0].astype(np.int64)
         probabilities = rows[:, 1:]
         names = self._names or [str(i) for i in range(probabilities.shape[1])]

@@ -238,3 +238,24 @@ def test_two_processes_score_the_whole_eval_set_once(tokenizer, tmp_path):
     assert len(list((wandb_dir / "wandb").glob("offline-run-*"))) == 1
     rows = [r for r in wandb_history(wandb_dir) if "eval/accuracy" in r]
     assert [r["train/global_step"] for r in rows] == [10]
+
+
+def test_label_smoothing_hides_labels_from_the_model_yet_metrics_match(tokenizer, corpus, tmp_path):
+    scorer = LabelScorer(label_names=NAMES3)
+    trainer = classifier_trainer(tokenizer, corpus, tmp_path, [scorer], 3, topic, label_smoothing_factor=0.1)
+    trainer.train()
+    logged = last_eval(trainer)
+    probs, labels = probabilities_of(trainer)
+    assert logged["eval_accuracy"] == pytest.approx(skm.accuracy_score(labels, probs.argmax(1)), abs=1e-12)
+    assert logged["eval_log_loss"] == pytest.approx(skm.log_loss(labels, probs, labels=[0, 1, 2]), rel=1e-9)
+
+
+def test_forwards_outside_this_trainers_eval_loop_are_not_counted(tokenizer, corpus, tmp_path):
+    scorer = LabelScorer(label_names=NAMES3)
+    first = classifier_trainer(tokenizer, corpus, tmp_path / "a", [scorer], 3, topic)
+    other = Trainer(model=first.model, args=lm_args(tmp_path / "b"), eval_dataset=first.eval_dataset,
+                    data_collator=DataCollatorWithPadding(tokenizer))  # fmt: skip
+    first.evaluate()
+    other.evaluate()  # the same model object, evaluated by a Trainer without the scorer
+    metrics = first.evaluate()
+    assert sum(metrics[f"eval_support_{n}"] for n in NAMES3) == len(first.eval_dataset) == 61
