@@ -8,6 +8,7 @@
 
 from .base import ConfigurationError, FtCallback
 from .best_checkpoint import BestCheckpointSaver, CheckpointRanking
+from .config import callbacks_from_config
 from .core import GapRule, OverfitPolicy, PlateauRule, StopDecision, TokenLossTotals, infer_mode
 from .core.text_scores import TextScorer, TextScores, score_texts
 from .generation_scorer import GenerationScorer
@@ -34,6 +35,7 @@ __all__ = [
     "TextScores",
     "TokenLossTotals",
     "__version__",
+    "callbacks_from_config",
     "infer_mode",
     "label_metrics",
     "score_texts",

@@ -1,6 +1,7 @@
 """The `ft-callbacks` command.
 
     ft-callbacks score predictions.jsonl [--metrics rouge bleu bertscore] [--output scores.json]
+    ft-callbacks check configs/default.yaml [--set overfit_guard.patience=5]
 
 Exit codes: 0 success, 2 bad input (file, fields, options: the message names the fix), 1 anything
 else.
@@ -83,6 +84,16 @@ def cmd_score(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from .config import check_config
+
+    lines = check_config(args.config, overrides=args.set or ())
+    print(f"{args.config}: OK")
+    for line in lines:
+        print(f"  {line}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ft-callbacks", description="Monitoring callbacks for the HF Trainer.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -104,6 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--bertscore-num-layers", type=int, help="layer of --bertscore-model to use")
     score.add_argument("--device", help="BERTScore device (default: cuda if available, else cpu)")
     score.set_defaults(func=cmd_score)
+
+    check = commands.add_parser(
+        "check",
+        help="validate a config without training",
+        description="Load a YAML/JSON config (or a bundled one by name: default, summarization, chat_sft, "
+        "classification, demo), check every key, type and value, and build the callbacks. Exit code 2 and "
+        "a message naming file, line and fix on a mistake.",
+    )
+    check.add_argument("config", help="path to a YAML/JSON config, or a bundled config name")
+    check.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a value (repeatable)")
+    check.set_defaults(func=cmd_check)
     return parser
 
 

@@ -1,0 +1,113 @@
+"""Configs: every bundled config builds its callbacks; mistakes are errors that name file, line and fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ft_callbacks import BestCheckpointSaver, ConfigurationError, GenerationScorer, OverfitGuard
+from ft_callbacks.config import (
+    CONFIG_DIR,
+    SECTIONS,
+    callbacks_from_config,
+    check_config,
+    training_arguments_from_config,
+)
+
+BUNDLED = sorted(CONFIG_DIR.glob("*.yaml"))
+PROMPTS = {"prompts": ["def add(a, b):"], "references": ["return a + b"]}
+
+
+def test_the_promised_configs_exist():
+    assert {p.stem for p in BUNDLED} >= {"default", "summarization", "chat_sft", "classification", "demo"}
+
+
+@pytest.mark.parametrize("path", BUNDLED, ids=lambda p: p.stem)
+def test_every_bundled_config_builds_in_a_fixed_order(path):
+    callbacks = callbacks_from_config(path, **PROMPTS)
+    assert callbacks
+    order = [name for _, name in SECTIONS.values()]
+    names = [type(cb).__name__ for cb in callbacks]
+    assert names == sorted(names, key=order.index)  # producers first, deciders last
+    assert check_config(path)  # also validates without prompts
+
+
+def test_callbacks_get_the_configured_values_and_a_bundled_name_works():
+    guard, scorer, saver = callbacks_from_config("default", **PROMPTS)
+    assert isinstance(guard, OverfitGuard) and isinstance(saver, BestCheckpointSaver)
+    assert isinstance(scorer, GenerationScorer)
+    assert saver.monitor == "eval_perplexity" and saver.ranking.keep == 1
+    assert scorer.num_samples == 32 and scorer.max_new_tokens == 64
+
+
+def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_misspelt_key_names_file_line_and_the_allowed_keys(tmp_path):
+    path = write(tmp_path, "overfit_guard:\n  patience: 3\n  min_detla: 0.1\n")
+    with pytest.raises(ConfigurationError) as err:
+        callbacks_from_config(path)
+    message = str(err.value)
+    assert f"{path}:3" in message and "overfit_guard.min_detla" in message
+    assert "did you mean 'min_delta'" in message and "plateau_patience" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("overfit_guard:\n  patience: three\n", r":2: overfit_guard.patience = 'three' has the wrong type: expected"),
+        ("best_checkpoint:\n  mode: biggest\n", r"expected 'min' \| 'max' \| null"),
+        ("best_checkpoint:\n  keep: 0\n", r":1: \[best_checkpoint\] keep=0 is not valid"),
+        ("overfit_gaurd:\n  patience: 3\n", r":1: unknown section 'overfit_gaurd' \(did you mean 'overfit_guard'\?\)"),
+        ("training:\n  learning_rte: 0.1\n", r":2: 'learning_rte' is not a TrainingArguments field \(did you mean"),
+        ("overfit_guard: 3\n", "must be a mapping"),
+        ("generation_scorer:\n  metrics: [rouge]\n", "needs prompts"),
+        ("generation_scorer:\n  metrics: [rogue]\n  prompts_file: p.jsonl\n", "does not exist"),
+        ("label_scorer:\n  ece_bins: 0\n", r"\[label_scorer\] ece_bins=0"),
+        ("- a list\n", "top level must be a mapping"),
+    ],
+)
+def test_bad_values_are_errors_before_training(tmp_path, text, match):
+    with pytest.raises(ConfigurationError, match=match):
+        callbacks_from_config(write(tmp_path, text))
+
+
+def test_overrides_json_and_a_section_turned_off(tmp_path):
+    path = write(tmp_path, json.dumps({"overfit_guard": {"patience": 3}, "best_checkpoint": False}), "c.json")
+    (guard,) = callbacks_from_config(path, overrides=["overfit_guard.patience=7"])
+    assert guard.policy.gap.patience == 7
+    with pytest.raises(ConfigurationError, match=r"section\.key=value"):
+        callbacks_from_config(path, overrides=["patience=7"])
+    with pytest.raises(ConfigurationError, match=r"does not exist\. Bundled configs"):
+        callbacks_from_config(tmp_path / "nope.yaml")
+
+
+def test_prompts_file_and_generation_config(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a", "reference": "b"}\n{"prompt": "c", "reference": "d"}\n')
+    path = write(tmp_path, f"generation_scorer:\n  metrics: [rouge]\n  prompts_file: {prompts}\n"
+                 "  generation:\n    do_sample: false\n    max_new_tokens: 5\n")  # fmt: skip
+    (scorer,) = callbacks_from_config(path)
+    assert scorer._raw_prompts == ["a", "c"] and scorer._raw_references == ["b", "d"]
+    assert scorer.generation_config.max_new_tokens == 5
+
+
+def test_training_section_builds_training_arguments(tmp_path):
+    args = training_arguments_from_config("demo", output_dir=str(tmp_path), use_cpu=True)
+    assert args.eval_steps == 20 and args.learning_rate == pytest.approx(0.003) and args.output_dir == str(tmp_path)
+
+
+def test_cli_check(tmp_path, capsys):
+    from ft_callbacks.cli import EXIT_BAD_INPUT, main
+
+    assert main(["check", "classification"]) == 0
+    assert "LabelScorer(" in capsys.readouterr().out
+    bad = write(tmp_path, "best_checkpoint:\n  kep: 2\n")
+    assert main(["check", str(bad)]) == EXIT_BAD_INPUT
+    assert f"{bad}:2" in capsys.readouterr().err
+    assert main(["check", "default", "--set", "overfit_guard.patience=0"]) == EXIT_BAD_INPUT
