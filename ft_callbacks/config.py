@@ -29,7 +29,9 @@ from transformers import TrainerCallback
 
 from .core.errors import ConfigurationError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Shipped inside the package (so bundled names work after a plain pip install); `configs/` at the
+# repository root links here.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 # Section name -> (module, class). Order = the order callbacks are returned in: metric producers
 # first, then the callbacks that decide on those metrics, so even a callback that is not ours and
