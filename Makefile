@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/python examples/causal_lm_overfit_guard.py --output-dir runs/demo
+	$(BIN)/ft-callbacks demo --output-dir runs/demo
 
 lint: setup
 	$(BIN)/python -m ruff check .

@@ -27,3 +27,21 @@ def test_causal_lm_example_stops_early(tmp_path):
     assert stops, "the demo should end with an early stop"
     assert trainer.state.global_step == stops[-1]["ft_callbacks/early_stop_step"] < 300
     assert any("eval_perplexity" in e for e in state["log_history"])
+
+
+@pytest.mark.slow
+def test_demo_stops_early_keeps_the_best_and_scores_rise(tmp_path, capsys):
+    from ft_callbacks.best_checkpoint import read_manifest
+    from ft_callbacks.demo import run_demo
+
+    result = run_demo(tmp_path / "demo", show_progress=False)
+    assert result.stop_step is not None and result.stop_step == result.global_step < 400
+    assert "gap" in result.stop_reason
+    manifest = read_manifest(tmp_path / "demo")
+    assert manifest and result.best_checkpoint.endswith(manifest["best"])
+    assert (tmp_path / "demo" / manifest["best"] / "model.safetensors").is_file()
+    scored = [e for e in result.evaluations if "eval_rougeL" in e]
+    assert scored[0]["step"] == 0 and scored[-1]["eval_rougeL"] > scored[0]["eval_rougeL"]
+    assert scored[-1]["eval_bertscore_f1_delta"] > 0
+    out = capsys.readouterr().out
+    assert "[demo] early stop at step" in out and "wandb leet" in out
