@@ -3,6 +3,7 @@
     ft-callbacks score predictions.jsonl [--metrics rouge bleu bertscore] [--output scores.json]
     ft-callbacks check configs/default.yaml [--set overfit_guard.patience=5]
     ft-callbacks demo [--output-dir runs/demo]
+    ft-callbacks report RUN_DIR [--out-dir DIR] [--format png,html]
 
 Exit codes: 0 success, 2 bad input (file, fields, options: the message names the fix), 1 anything
 else.
@@ -85,6 +86,15 @@ def cmd_score(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    formats = tuple(f for f in args.format.split(",") if f) if args.format else ()
+    result = build_report(args.run_dir, out_dir=args.out_dir, formats=formats)
+    print(result.summary)
+    return EXIT_OK
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from .config import check_config
 
@@ -136,6 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     demo.add_argument("--report-to", default=None, help="'wandb' (default when installed) or 'none'")
     demo.set_defaults(func=cmd_demo)
+
+    report = commands.add_parser(
+        "report",
+        help="pictures of a run: train vs validation loss with the gap shaded, best step, early stop, scores",
+        description="Reads RUN_DIR/trainer_state.json (or the newest checkpoint's), OverfitGuard's record and "
+        "BestCheckpointSaver's manifest, and writes RUN_DIR/report/report.png and a self-contained report.html. "
+        "With save_strategy='no' call trainer.save_state() after training so trainer_state.json exists.",
+    )
+    report.add_argument("run_dir", help="the Trainer's output_dir")
+    report.add_argument("--out-dir", help="where to write (default: RUN_DIR/report)")
+    report.add_argument("--format", default="png,html", help="comma-separated: png, html (default: %(default)s)")
+    report.set_defaults(func=cmd_report)
 
     check = commands.add_parser(
         "check",
