@@ -19,7 +19,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from .core.errors import ConfigurationError
-from .reporting import EvaluationContext, flush_evaluation
+from .reporting import EvaluationContext, final_dashboard, flush_evaluation
 
 __all__ = ["ConfigurationError", "FtCallback", "missing_monitor_error"]
 
@@ -49,6 +49,13 @@ class _Hub:
             # A plain attribute, not a dataclass field: TrainerState.save_to_json never sees it.
             object.__setattr__(state, _HUB_ATTR, hub)
         return hub
+
+    def train_ended(self, callback: FtCallback, args: Any, state: Any) -> None:
+        """Called by each member at train end; once all have finished, the run's overview goes out."""
+        self._ended = getattr(self, "_ended", set()) | {id(callback)}
+        if all(id(m) in self._ended for m in self.members):
+            self._ended = set()
+            final_dashboard(args, state)
 
     def register(self, callback: FtCallback) -> None:
         if not any(member is callback for member in self.members):
@@ -123,6 +130,9 @@ class FtCallback(TrainerCallback):
 
     def on_prediction_step(self, args, state, control, **kwargs):
         self._hub(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._hub(state).train_ended(self, args, state)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         self._hub(state).run_evaluation(args, state, control, metrics, kwargs)

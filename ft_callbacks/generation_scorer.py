@@ -720,6 +720,7 @@ class GenerationScorer(FtCallback, ExportableState):
             self._executor = None
         if state.is_world_process_zero and (self.history or self.baseline_scores):
             self._write_record(args)
+        super().on_train_end(args, state, control, **kwargs)
 
 
 def _pad(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:

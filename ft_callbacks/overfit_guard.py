@@ -296,6 +296,7 @@ class OverfitGuard(FtCallback, ExportableState):
             summary = self._summary()
             if summary:
                 report_event(args, state, summary=summary, message=self._final_message(state))
+        super().on_train_end(args, state, control, **kwargs)
 
     # -- evaluation ----------------------------------------------------------------------------
     def compute(self, ctx: EvaluationContext) -> None:

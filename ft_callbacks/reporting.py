@@ -292,6 +292,77 @@ def report_event(
         _print(f"[ft_callbacks] step {int(state.global_step)} | {message}")
 
 
+# The curves a user reads together, each drawn as one wandb chart at train end:
+# chart key -> (title, [(log_history key, series name), ...]).
+OVERVIEW_CHARTS: dict[str, tuple[str, list[tuple[str, str]]]] = {
+    "overview/loss": (
+        "train vs validation loss (per token)",
+        [("eval_train_loss", "train"), ("eval_train_sample_loss", "train sample"), ("eval_token_loss", "validation")],
+    ),
+    "overview/gap": ("validation - train loss", [("eval_loss_gap", "gap")]),
+    "overview/perplexity": ("validation perplexity", [("eval_perplexity", "perplexity")]),
+    "overview/generation": (
+        "generation scores (0-1; BLEU and chrF / 100)",
+        [("eval_rouge1", "rouge1"), ("eval_rougeL", "rougeL"), ("eval_bleu", "bleu/100"), ("eval_chrf", "chrf/100"),
+         ("eval_bertscore_f1", "bertscore_f1"), ("eval_exact_match", "exact_match")],
+    ),
+    "overview/labels": (
+        "label metrics",
+        [("eval_accuracy", "accuracy"), ("eval_f1", "f1"), ("eval_balanced_accuracy", "balanced accuracy")],
+    ),
+}  # fmt: skip
+_SCALED = {"eval_bleu", "eval_chrf"}  # 0-100 scales, drawn /100 beside the 0-1 scores
+OVERVIEW_TABLE_KEYS = ("eval_loss", *(key for _, series in OVERVIEW_CHARTS.values() for key, _ in series))
+
+
+def overview_series(log_history: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[list[float]], list[str]]]:
+    """For each overview chart with data: (steps, one value list per series, series names). A
+    series missing at a step repeats nothing: charts use only steps where every series has a value."""
+    out = {}
+    for chart, (_, series) in OVERVIEW_CHARTS.items():
+        present = [(k, name) for k, name in series if any(k in e for e in log_history)]
+        if not present:
+            continue
+        rows = [e for e in log_history if all(isinstance(e.get(k), (int, float)) for k, _ in present)]
+        if not rows:
+            continue
+        steps = [int(e["step"]) for e in rows]
+        values = [[float(e[k]) / (100.0 if k in _SCALED else 1.0) for e in rows] for k, _ in present]
+        out[chart] = (steps, values, [name for _, name in present])
+    return out
+
+
+def final_dashboard(args: Any, state: Any) -> None:
+    """Once per training run, on rank 0: one wandb chart per group of curves that belong together
+    (train vs validation loss, gap, perplexity, generation scores, label metrics) and a table of
+    every evaluation. Best values and the stop reason are already in the run summary."""
+    if not state.is_world_process_zero:
+        return
+    history = state.log_history
+    charts = overview_series(history)
+    evaluations = [e for e in history if any(k in e for k in OVERVIEW_TABLE_KEYS)]
+    if not charts and not evaluations:
+        return
+    wandb = SINK._wandb()
+    if wandb is None:
+        return
+    data: dict[str, Any] = {}
+    try:
+        for chart, (steps, values, names) in charts.items():
+            title = OVERVIEW_CHARTS[chart][0]
+            data[chart] = wandb.plot.line_series(xs=steps, ys=values, keys=names, title=title, xname="step")
+        columns = ["step", *(k for k in OVERVIEW_TABLE_KEYS if any(k in e for e in evaluations))]
+        merged: dict[int, dict[str, Any]] = {}
+        for entry in evaluations:
+            merged.setdefault(int(entry["step"]), {}).update(entry)
+        rows = [[step, *(merged[step].get(k) for k in columns[1:])] for step in sorted(merged)]
+        data["overview/evaluations"] = wandb.Table(columns=columns, data=rows)
+    except Exception as exc:
+        SINK.notice("overview", f"could not build the overview charts ({type(exc).__name__}: {exc}).")
+        return
+    SINK.log(data, int(state.global_step), _run_name(args))
+
+
 def notice_once(key: str, message: str) -> None:
     """A one-time console notice (rank-agnostic; call it from rank 0 where it matters)."""
     SINK.notice(key, message)
