@@ -32,7 +32,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not distributed"
 
 bench: setup
-	$(BIN)/python benchmarks/bench_overfit_guard.py
+	$(BIN)/python -m benchmarks
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -655,7 +655,7 @@ def _pf(flag: bool | None) -> str:
     return "info" if flag is None else ("PASS" if flag else "FAIL")
 
 
-def print_table(results: dict[str, Any]) -> None:
+def print_table(results: dict[str, Any]) -> list[list[str]]:
     rows = [("what", "ours", "baseline", "ratio", "target", "result")]
     st = results["step_time"]
     rows.append(
@@ -765,6 +765,7 @@ def print_table(results: dict[str, Any]) -> None:
         f"{expl['batch_size_weighted_mean_of_batch_means_shifted_count']:.4f}; "
         f"independent exact from logits: {gap['independent_exact_perplexity']:.4f})"
     )
+    return [list(r) for r in rows]
 
 
 def _prepare_lm() -> dict[str, Any]:
@@ -842,7 +843,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval_loss_gap": gap,
     }
     results["elapsed_s"] = time.perf_counter() - started
-    print_table(results)
+    results["table"] = print_table(results)  # the rows `python -m benchmarks` collects
     verdicts = [step_time["pass"], memory["ours_constancy"]["pass"]]
     verdicts += [c["pass"] for c in memory["comparisons"] if c["pass"] is not None]
     results["all_pass"] = all(verdicts)

@@ -263,7 +263,7 @@ def _seconds(s: float) -> str:
     return f"{s * 1000:.1f} ms" if s < 1 else f"{s:.2f} s"
 
 
-def print_table(results: dict[str, Any]) -> None:
+def print_table(results: dict[str, Any]) -> list[list[str]]:
     rows = [("what", "ours", "baseline", "ratio", "target", "result")]
     rg = results["rouge"]
     rows.append(
@@ -328,6 +328,7 @@ def print_table(results: dict[str, Any]) -> None:
             f"(per-sample P/R/F and means); our first round (embeds the references too): "
             f"{_seconds(bs['ours_first_round_s'])}"
         )
+    return [list(r) for r in rows]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -383,7 +384,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     results["elapsed_s"] = time.perf_counter() - started
     results["all_pass"] = rouge["pass"] and (bert is None or bert["pass"])
-    print_table(results)
+    results["table"] = print_table(results)  # the rows `python -m benchmarks` collects
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2, default=float) + "\n")
