@@ -210,8 +210,9 @@ def test_monitors_another_callbacks_metric_beside_the_trainers_rotation(
     if saver_first:
         wandb.finish()
         records = wandb_records(wandb_offline)
-        artifacts = [r["artifact"] for r in records if r.get("type") == "artifact"]
-        assert len(artifacts) == 1 and "best" in artifacts[0]["aliases"] and artifacts[0]["type"] == "model"
+        # (tables, like the run overview at train end, are artifacts too, of type run_table)
+        artifacts = [r["artifact"] for r in records if r.get("type") == "artifact" and r["artifact"]["type"] == "model"]
+        assert len(artifacts) == 1 and "best" in artifacts[0]["aliases"]
         files = {c["path"] for c in artifacts[0]["manifest"]["contents"]}
         assert {"model.safetensors", "config.json", "best_checkpoint.json"} <= files
         summary: dict = {}
