@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 export WANDB_MODE ?= offline
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast test-oldest lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -31,8 +31,24 @@ test: setup lint
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not distributed"
 
+# The oldest transformers we support (4.46) with its matching accelerate, in a second venv: the
+# smoke subset (each callback once in a real tiny run).
+OLDEST_VENV ?= .venv-oldest
+OLDEST_SPEC ?= "transformers==4.46.3" "accelerate==1.1.1"
+
+$(OLDEST_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(OLDEST_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(OLDEST_VENV)/bin/python -m pip install -q -e ".[text,wandb]" $(OLDEST_SPEC) "pytest>=8"
+	touch $@
+
+test-oldest: $(OLDEST_VENV)/.installed
+	$(OLDEST_VENV)/bin/python -c "import transformers; print('transformers', transformers.__version__)"
+	$(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider -m smoke tests/test_smoke.py
+
 bench: setup
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(OLDEST_VENV) runs .pytest_cache
