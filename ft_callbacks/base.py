@@ -19,6 +19,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from .core.errors import ConfigurationError
+from .core.modes import infer_mode, normalize_metric_name
 from .reporting import EvaluationContext, final_dashboard, flush_evaluation
 
 __all__ = ["ConfigurationError", "FtCallback", "missing_monitor_error"]
@@ -49,6 +50,20 @@ class _Hub:
             # A plain attribute, not a dataclass field: TrainerState.save_to_json never sees it.
             object.__setattr__(state, _HUB_ATTR, hub)
         return hub
+
+    def check_training_arguments(self, args: Any) -> None:
+        """Interplay with TrainingArguments that no single callback owns, once per training run."""
+        metric = getattr(args, "metric_for_best_model", None)
+        if not metric:
+            return
+        key = normalize_metric_name(metric)
+        ours = key in self.produced_metrics("eval")
+        if ours and infer_mode(key) == "min" and getattr(args, "greater_is_better", None):
+            raise ConfigurationError(
+                f"metric_for_best_model={metric!r} is lower-is-better, but greater_is_better=True (the Trainer's "
+                "default for names that do not end in 'loss'), so the Trainer would keep the worst checkpoint. Set "
+                "TrainingArguments(greater_is_better=False)."
+            )
 
     def train_ended(self, callback: FtCallback, args: Any, state: Any) -> None:
         """Called by each member at train end; once all have finished, the run's overview goes out."""
@@ -126,7 +141,9 @@ class FtCallback(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         if not getattr(self, "_validated", True):
             self._validated = True
-            self.validate(args, state, self._hub(state))
+            hub = self._hub(state)
+            hub.check_training_arguments(args)
+            self.validate(args, state, hub)
 
     def on_prediction_step(self, args, state, control, **kwargs):
         self._hub(state)

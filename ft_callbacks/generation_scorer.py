@@ -27,7 +27,7 @@ import torch
 from transformers import GenerationConfig
 from transformers.trainer_callback import ExportableState
 
-from ._compat import processing_class, rewrite_logs, unwrap_model
+from ._compat import eval_strategy, processing_class, rewrite_logs, unwrap_model
 from .base import ConfigurationError, FtCallback, _Hub
 from .core.label_metrics import compute_label_metrics, match_label_texts
 from .core.modes import normalize_metric_name
@@ -256,6 +256,11 @@ class GenerationScorer(FtCallback, ExportableState):
     # -- set-up --------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
         super().on_train_begin(args, state, control, **kwargs)
+        if self.every_n_steps is None and eval_strategy(args) == "no":
+            raise ConfigurationError(
+                "GenerationScorer scores at evaluations, but eval_strategy='no'. Set TrainingArguments("
+                "eval_strategy='steps', eval_steps=N) with an eval_dataset, or GenerationScorer(every_n_steps=N)."
+            )
         model = kwargs.get("model")
         tokenizer = processing_class(kwargs)
         self._prepare(model, tokenizer)
