@@ -253,6 +253,13 @@ class GenerationScorer(FtCallback, ExportableState):
         except OSError as exc:
             notice_once("gen:record", f"could not write {path} ({exc}); training continues.")
 
+    def _read_record(self, args: Any) -> dict[str, Any] | None:
+        try:
+            with open(self._record_path(args)) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
     # -- set-up --------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
         super().on_train_begin(args, state, control, **kwargs)
@@ -273,14 +280,18 @@ class GenerationScorer(FtCallback, ExportableState):
                     entry = entry[0] if entry else None
                 if isinstance(entry, dict):
                     saved = entry.get("attributes", {}).get("_restored")
+            record = self._read_record(args) or {}
             if saved is None:
-                try:
-                    with open(self._record_path(args)) as f:
-                        saved = json.load(f)
-                except (OSError, ValueError):
-                    saved = None
+                saved = record
             if saved:
                 self._load_state_dict(saved)
+            # A checkpoint saved while a round was still being scored in the background lacks that
+            # round; the record (written after every round) has it, and may be ahead of the checkpoint.
+            step = state.global_step
+            if record.get("history"):
+                self.history = [h for h in record["history"] if h.get("step", 0) <= step]
+            self.baseline_scores = self.baseline_scores or record.get("baseline")
+            self.table_rows = [row for row in record.get("samples") or [] if row and row[0] <= step]
             self._restored = None
             return
         self.history, self.baseline_scores, self._evals_seen, self.table_rows = [], None, 0, []

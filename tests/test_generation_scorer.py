@@ -301,3 +301,26 @@ def test_background_scoring_that_hangs_is_dropped_at_train_end_with_a_message(to
     assert trainer.state.global_step == 10
     assert "did not finish within scoring_timeout=0.5s" in capsys.readouterr().out
     assert [e["step"] for e in trainer.state.log_history if "eval_slow" in e] == [0]
+
+
+def test_resume_keeps_the_baseline_history_and_samples(tokenizer, corpus, tmp_path):
+    prompts, references = prompt_pairs(corpus, 6)
+
+    def scorer():
+        return GenerationScorer(prompts, references, metrics=("rouge",), max_new_tokens=6)
+
+    first = scorer()
+    trainer = lm_trainer(tokenizer, corpus, tmp_path, [first], max_steps=20, eval_steps=10, save_strategy="steps",
+                         save_steps=10)  # fmt: skip
+    trainer.train()
+    resumed = scorer()
+    again = lm_trainer(tokenizer, corpus, tmp_path, [resumed], max_steps=20, eval_steps=10, save_strategy="steps",
+                       save_steps=10)  # fmt: skip
+    again.train(resume_from_checkpoint=str(tmp_path / "checkpoint-10"))
+    # No new baseline on resume: the one from step 0 is restored, and deltas are against it.
+    assert resumed.baseline_scores == first.baseline_scores
+    assert [h["step"] for h in resumed.history] == [0, 10, 20]
+    entry = [e for e in again.state.log_history if "eval_rougeL_delta" in e][-1]
+    assert entry["step"] == 20
+    assert entry["eval_rougeL_delta"] == pytest.approx(entry["eval_rougeL"] - first.baseline_scores["rougeL"])
+    assert sorted({row[0] for row in resumed.table_rows}) == [0, 10, 20]
