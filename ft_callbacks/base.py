@@ -20,9 +20,9 @@ from transformers import TrainerCallback
 
 from .core.errors import ConfigurationError
 from .core.modes import infer_mode, normalize_metric_name
-from .reporting import EvaluationContext, final_dashboard, flush_evaluation
+from .reporting import EvaluationContext, _print, final_dashboard, flush_evaluation
 
-__all__ = ["ConfigurationError", "FtCallback", "missing_monitor_error"]
+__all__ = ["ConfigurationError", "FtCallback", "missing_monitor_error", "monitor_skipped"]
 
 _HUB_ATTR = "_ft_callbacks_hub"
 
@@ -35,6 +35,18 @@ def missing_monitor_error(owner: str, monitor: str, ctx: EvaluationContext) -> C
         f"{available}. Pick one of those (or fix compute_metrics); pass eval_on_start=True to "
         "TrainingArguments to catch this before the first training step."
     )
+
+
+def monitor_skipped(owner: str, monitor: str, ctx: EvaluationContext) -> bool:
+    """For a monitored metric missing from an evaluation: True (after a notice) when one of our
+    callbacks produces it and only skipped this round (its generation or scoring failed), so the
+    caller treats it as "no value this time"; otherwise the configuration is wrong and this raises."""
+    if monitor in _Hub.of(ctx.state).produced_metrics(ctx.prefix):
+        if ctx.is_main:
+            _print(f"[ft_callbacks] step {ctx.step} | {owner}: {monitor} is missing this evaluation (its producer "
+                   "skipped the round); nothing is decided on it this time.")  # fmt: skip
+        return True
+    raise missing_monitor_error(owner, monitor, ctx)
 
 
 class _Hub:

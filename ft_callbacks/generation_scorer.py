@@ -4,9 +4,10 @@
 Generation is real (`model.generate`, KV cache, greedy unless told otherwise), batched by prompt
 length. Prompts are tokenised once and padded here (left for decoder-only models), so the user's
 tokenizer is never switched to another padding side. Under several processes each rank generates a
-shard of the prompts, the texts are gathered, rank 0 scores them once and the numbers are broadcast,
-so every rank acts on the same metrics. Text scoring (CPU work) runs in a background thread while
-training goes on, unless a monitor needs the score at that very evaluation.
+shard of the prompts, the texts are gathered and rank 0 scores them once. Text scoring (CPU work)
+runs in a background thread while training goes on, and rank 0 logs the results at the step they
+belong to; when a monitor needs the score at that very evaluation, scoring is synchronous and rank 0
+broadcasts the numbers, so every rank acts on the same metrics.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .base import ConfigurationError, FtCallback, _Hub
 from .core.label_metrics import compute_label_metrics, match_label_texts
 from .core.modes import normalize_metric_name
 from .core.text_scores import KNOWN_METRICS, TextScorer
-from .distributed import all_gather_objects, broadcast_from_main, rank, world_size
+from .distributed import all_gather_objects, broadcast_from_main, is_distributed, rank, world_size
 from .reporting import SINK, EvaluationContext, _print, _run_name, notice_once, summary_key
 
 STATE_DIR = "ft_callbacks"
@@ -48,6 +49,10 @@ METRIC_KEYS: dict[str, tuple[str, ...]] = {
 LABEL_KEYS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "f1_macro", "invalid_rate")
 # Which per-sample score ranks samples for the "lowest k" table, in order of preference.
 _RANKING_SCORES = ("rougeL", "bertscore_f1", "chrf", "exact_match")
+
+
+class GenerationFailed(RuntimeError):
+    """Generation raised on at least one rank; every rank gets this after the gather, and skips the round."""
 
 
 class GenerationScorer(FtCallback, ExportableState):
@@ -187,7 +192,8 @@ class GenerationScorer(FtCallback, ExportableState):
         self._references: list[Any] = []
         self._evals_seen = 0
         self._executor: ThreadPoolExecutor | None = None
-        self._pending: list[tuple[int, str, Future, list[str]]] = []  # step, prefix, scoring, texts
+        # Background rounds in order: step, prefix, scoring, texts, is_baseline.
+        self._pending: list[tuple[int, str, Future, list[str], bool]] = []
         self._lock = threading.Lock()
         self._sync = not background
         self._signatures: dict[str, str] = {}
@@ -296,7 +302,12 @@ class GenerationScorer(FtCallback, ExportableState):
             return
         self.history, self.baseline_scores, self._evals_seen, self.table_rows = [], None, 0, []
         if self.baseline:
-            self._run_round(args, state, model, tokenizer, ctx=None, wait=True, is_baseline=True)
+            # Decided now (not only before the first step) so the baseline knows whether it may be
+            # scored in the background; under several processes it is synchronous so every rank
+            # holds the baseline the deltas are computed against.
+            self.validate(args, state, self._hub(state))
+            wait = self._sync or is_distributed()
+            self._run_round(args, state, model, tokenizer, ctx=None, wait=wait, is_baseline=True)
 
     def validate(self, args: Any, state: Any, hub: _Hub) -> None:
         produced = {f"eval_{n}" for n in self.produces()}
@@ -466,7 +477,7 @@ class GenerationScorer(FtCallback, ExportableState):
         gathered = all_gather_objects((texts, error))
         errors = [e for _, e in gathered if e]
         if errors:
-            raise RuntimeError(errors[0])
+            raise GenerationFailed(errors[0])
         out: list[str | None] = [None] * n
         for shard, _ in gathered:
             for i, text in shard.items():
@@ -551,7 +562,7 @@ class GenerationScorer(FtCallback, ExportableState):
         started = time.perf_counter()
         try:
             generations = self.generate(model, tokenizer, args)
-        except Exception as exc:
+        except GenerationFailed as exc:  # known on every rank; a broken process group propagates
             self._failed(state, step, "generation", str(exc))
             return
         generated_s = time.perf_counter() - started
@@ -570,9 +581,11 @@ class GenerationScorer(FtCallback, ExportableState):
             self._apply(args, state, step, prefix, result, texts, ctx, is_baseline)
             return
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ft_callbacks_scoring")
+            self._executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="ft_callbacks_scoring", initializer=_lower_thread_priority
+            )
         future = self._executor.submit(self._score_timed, texts, generated_s)
-        self._pending.append((step, prefix, future, texts))
+        self._pending.append((step, prefix, future, texts, is_baseline))
 
     def _score_timed(self, texts: list[str], generated_s: float) -> dict[str, Any]:
         started = time.perf_counter()
@@ -692,24 +705,26 @@ class GenerationScorer(FtCallback, ExportableState):
             return
         deadline = None if timeout is None else time.monotonic() + timeout
         remaining = []
-        for step, prefix, future, texts in self._pending:
+        for item in self._pending:
+            step, prefix, future, texts, is_baseline = item
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not future.done() and left == 0.0:
-                remaining.append((step, prefix, future, texts))
+            if remaining or (not future.done() and left == 0.0):
+                remaining.append(item)  # keep the order: a round is published only after the earlier ones
                 continue
             try:
                 result = future.result(timeout=left)
             except FutureTimeout:
-                remaining.append((step, prefix, future, texts))
+                remaining.append(item)
                 continue
             except Exception as exc:
                 result = {"error": f"{type(exc).__name__}: {exc}"}
-            self._apply(args, state, step, prefix, result, texts, None)
+            self._apply(args, state, step, prefix, result, texts, None, is_baseline)
         self._pending = remaining
 
     # -- events ----------------------------------------------------------------------------------
     def compute(self, ctx: EvaluationContext) -> None:
-        self._drain(ctx.args, ctx.state)
+        # A synchronous round computes its deltas against the baseline: publish everything before it.
+        self._drain(ctx.args, ctx.state, timeout=None if self._sync else 0.0)
         self._evals_seen += 1
         if self.every_n_steps is not None or (self._evals_seen - 1) % self.every_n_evals:
             return
@@ -737,6 +752,14 @@ class GenerationScorer(FtCallback, ExportableState):
         if state.is_world_process_zero and (self.history or self.baseline_scores):
             self._write_record(args)
         super().on_train_end(args, state, control, **kwargs)
+
+
+def _lower_thread_priority() -> None:
+    """Background scoring yields the CPU to training where cores are scarce (Linux: per-thread nice)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass
 
 
 def _pad(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,7 +20,7 @@ from .base import ConfigurationError, FtCallback
 from .core.label_metrics import LabelAccumulator, LabelReport, compute_label_metrics
 from .core.perplexity import merge_rank_batches
 from .distributed import all_gather_objects, is_distributed
-from .reporting import EvaluationContext, notice_once
+from .reporting import EvaluationContext, _print, notice_once
 
 # Scalars LabelScorer can add to an evaluation's metrics (with the evaluation's prefix, e.g. eval_).
 METRICS = (
@@ -109,8 +109,9 @@ class LabelScorer(FtCallback):
         self.log_threshold_curve = log_threshold_curve
         self.last_report: LabelReport | None = None
         self._names: list[str] | None = self.label_names
-        self._batches: list[np.ndarray] = []  # per eval batch: [label, p_0 .. p_{C-1}] rows
-        self._pending: list[np.ndarray] = []  # rows of forwards not yet claimed by the eval loop
+        # Per eval batch: [label, p_0 .. p_{C-1}] rows, or None for a batch that could not be read.
+        self._batches: list[np.ndarray | None] = []
+        self._pending: list[np.ndarray | None] = []  # rows of forwards not yet claimed by the eval loop
         self._model: Any = None
         self._handle: Any = None
         self._no_logits = 0
@@ -230,6 +231,7 @@ class LabelScorer(FtCallback):
             self._pending.append(np.concatenate([label_column[:, None], probabilities], axis=1))
         except Exception as exc:  # measuring must never break the user's forward pass
             notice_once(f"labels:{type(exc).__name__}", f"LabelScorer could not read the batch ({exc}).")
+            self._pending.append(None)  # a hole, so the ranks' batches still line up
 
     def on_prediction_step(self, args, state, control, **kwargs):
         super().on_prediction_step(args, state, control, **kwargs)
@@ -249,15 +251,20 @@ class LabelScorer(FtCallback):
         self._batches = []
 
     # -- evaluation --------------------------------------------------------------------------
-    def _gather(self, ctx: EvaluationContext) -> np.ndarray:
+    def _gather(self, ctx: EvaluationContext) -> np.ndarray | None:
+        """Every rank's rows in dataset order, or None when a batch could not be read on some rank
+        (metrics over part of the eval set would be silently wrong)."""
         batches, self._batches = self._batches, []
+        per_rank = all_gather_objects(batches) if is_distributed() else [batches]
+        if any(batch is None for rank_batches in per_rank for batch in rank_batches):
+            return None
         if is_distributed():
             dataset = getattr(ctx.eval_dataloader, "dataset", None)
             try:
                 total = len(dataset) if dataset is not None else None
             except TypeError:
                 total = None
-            return merge_rank_batches(all_gather_objects(batches), total)
+            return merge_rank_batches(per_rank, total)
         return np.concatenate(batches, axis=0) if batches else np.zeros((0, 0))
 
     @staticmethod
@@ -277,6 +284,11 @@ class LabelScorer(FtCallback):
 
     def compute(self, ctx: EvaluationContext) -> None:
         rows = self._gather(ctx)
+        if rows is None:
+            if ctx.is_main:
+                _print(f"[ft_callbacks] step {ctx.step} | LabelScorer: an evaluation batch could not be read on some "
+                       "rank; no label metrics this evaluation rather than numbers over part of the eval set.")
+            return
         if not len(rows):
             if self._no_logits:
                 raise ConfigurationError(

@@ -12,7 +12,7 @@ import torch
 from transformers.trainer_callback import ExportableState
 
 from ._compat import eval_strategy, processing_class
-from .base import ConfigurationError, FtCallback, _Hub, missing_monitor_error
+from .base import ConfigurationError, FtCallback, _Hub, monitor_skipped
 from .core.modes import check_mode, normalize_metric_name
 from .core.perplexity import TokenLossTotals, merge_rank_batches, safe_exp
 from .core.stopping import OverfitPolicy, StopDecision
@@ -345,13 +345,19 @@ class OverfitGuard(FtCallback, ExportableState):
     def _eval_totals(self, ctx: EvaluationContext) -> TokenLossTotals:
         batches = self.probe.take("eval")
         totals = TokenLossTotals()
+        per_rank = all_gather_objects(batches) if is_distributed() else [batches]
+        if any(batch is None for rank_batches in per_rank for batch in rank_batches):
+            # Sums over part of the eval set would be silently wrong: fall back for this evaluation.
+            notice_once("ppl_hole", "OverfitGuard could not read some evaluation batch on some rank; that "
+                        "evaluation's perplexity falls back to exp(eval_loss).")  # fmt: skip
+            return totals
         if is_distributed():
             dataset = getattr(ctx.eval_dataloader, "dataset", None)
             try:
                 total = len(dataset) if dataset is not None else None
             except TypeError:  # iterable dataset: nothing was repeated to even out batches
                 total = None
-            rows = merge_rank_batches(all_gather_objects(batches), total)
+            rows = merge_rank_batches(per_rank, total)
         else:
             rows = np.concatenate(batches, axis=0) if batches else np.zeros((0, 3))
         if len(rows):
@@ -397,7 +403,7 @@ class OverfitGuard(FtCallback, ExportableState):
         finally:
             self.probe.ledger = "eval"
             model.train(was_training)
-        rows = self.probe.take("sample")
+        rows = [r for r in self.probe.take("sample") if r is not None]
         if not rows:
             return None
         stacked = np.concatenate(rows, axis=0)
@@ -408,8 +414,9 @@ class OverfitGuard(FtCallback, ExportableState):
             return
         monitored = ctx.metrics.get(self.monitor)
         if self.policy.plateau is not None and monitored is None and not self._monitor_checked:
-            raise missing_monitor_error("OverfitGuard", self.monitor, ctx)
-        self._monitor_checked = True
+            monitor_skipped("OverfitGuard", self.monitor, ctx)  # raises unless one of ours skipped a round
+        else:
+            self._monitor_checked = True
         token_loss = self._token_loss
         decision = self.policy.on_evaluation(ctx.step, token_loss, self._compare_loss, monitored)
         # Every rank computed the same reduced numbers; rank 0's decision is made everyone's anyway,

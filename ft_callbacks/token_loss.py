@@ -48,7 +48,7 @@ class TokenLossProbe:
         self.shift = True
         self._handle: Any = None
         self.ledger = "eval"
-        self._rows: dict[str, list[np.ndarray]] = {"eval": [], "sample": []}
+        self._rows: dict[str, list[np.ndarray | None]] = {"eval": [], "sample": []}
         self.labels_without_scores = 0  # eval passes with labels but neither logits nor log-probs
         self._step: torch.Tensor | None = None
         self.train_passes = 0
@@ -74,8 +74,9 @@ class TokenLossProbe:
         self._rows["eval"] = []
         self.labels_without_scores = 0
 
-    def take(self, ledger: str = "eval") -> list[np.ndarray]:
-        """The rows of one ledger since the last take, per batch ([B, 3]: nll, tokens, bytes)."""
+    def take(self, ledger: str = "eval") -> list[np.ndarray | None]:
+        """The rows of one ledger since the last take, per batch ([B, 3]: nll, tokens, bytes; None for a
+        batch whose losses could not be read)."""
         rows, self._rows[ledger] = self._rows[ledger], []
         return rows
 
@@ -96,6 +97,8 @@ class TokenLossProbe:
             else:
                 self._eval_pass(kwargs, output)
         except Exception as exc:  # measuring must never break the user's forward pass
+            if not module.training:
+                self._rows[self.ledger].append(None)  # a hole, so the ranks' batches still line up
             notice_once(
                 f"probe:{type(exc).__name__}",
                 f"could not read per-token losses from the model output ({type(exc).__name__}: {exc}); "
