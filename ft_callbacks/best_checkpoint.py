@@ -29,7 +29,7 @@ from typing import Any, Literal
 from transformers.trainer_callback import ExportableState
 
 from ._compat import eval_strategy
-from .base import ConfigurationError, FtCallback, _Hub, missing_monitor_error
+from .base import ConfigurationError, FtCallback, _Hub, monitor_skipped
 from .core.modes import Mode, check_mode, is_finite, is_improvement, normalize_metric_name
 from .distributed import broadcast_from_main, is_distributed
 from .reporting import SINK, EvaluationContext, _print, notice_once, report_event, warn
@@ -156,11 +156,18 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
     """A reader sees the old file or the new one, never a torn one, even after a crash."""
     path = str(path)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, default=float)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(payload, f, indent=2, default=float)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except Exception:  # disk full: the old file stays, and no torn tmp file is left beside it
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
     _fsync_path(os.path.dirname(path) or ".", directory=True)
 
 
@@ -282,8 +289,13 @@ class BestCheckpointSaver(FtCallback, ExportableState):
       (works with `save_strategy="no"`);
     - `upload_to_wandb=True`: the best checkpoint is logged as a wandb Artifact (type "model",
       alias "best") when training ends, offline runs included (`wandb sync` uploads it later);
-    - under DDP (and DeepSpeed ZeRO-1/2) rank 0 writes the one copy and every rank waits for it;
-      FSDP and ZeRO-3 (sharded parameters) are refused with a clear error.
+    - `on_save_error="continue"`: a save that fails (disk full, permissions) leaves the previous best
+      and the manifest as they were, removes its partial files, is reported once per distinct error
+      (console, `best/save_error` in log_history and the wandb summary) and training goes on; the next
+      improvement is saved normally. `"stop"` stops training at that evaluation instead, with the reason;
+    - under DDP (and DeepSpeed ZeRO-1/2) rank 0 writes the one copy and every rank waits for it (and
+      learns whether it failed, so all ranks continue or stop together); FSDP and ZeRO-3 (sharded
+      parameters) are refused with a clear error.
     """
 
     def __init__(
@@ -297,6 +309,7 @@ class BestCheckpointSaver(FtCallback, ExportableState):
         upload_to_wandb: bool = False,
         artifact_name: str | None = None,
         output_dir: str | None = None,
+        on_save_error: Literal["continue", "stop"] = "continue",
     ) -> None:
         self._init_args = {
             "monitor": monitor,
@@ -308,9 +321,12 @@ class BestCheckpointSaver(FtCallback, ExportableState):
             "upload_to_wandb": upload_to_wandb,
             "artifact_name": artifact_name,
             "output_dir": output_dir,
+            "on_save_error": on_save_error,
         }
         if not isinstance(monitor, str) or not monitor:
             raise ConfigurationError(f"monitor={monitor!r} is not valid: name an eval metric such as 'eval_loss'.")
+        if on_save_error not in ("continue", "stop"):
+            raise ConfigurationError(f"on_save_error={on_save_error!r} is not valid: use 'continue' or 'stop'.")
         self.monitor = normalize_metric_name(monitor)
         try:
             self.mode: Mode = check_mode(mode, self.monitor)
@@ -324,6 +340,8 @@ class BestCheckpointSaver(FtCallback, ExportableState):
         self.upload_to_wandb = bool(upload_to_wandb)
         self.artifact_name = artifact_name
         self.output_dir = output_dir
+        self.on_save_error = on_save_error
+        self.save_errors: list[dict[str, Any]] = []  # every failed save of this run: step, error
         self.saves: list[dict[str, Any]] = []  # every save of this process: step, seconds, bytes
         self._restored_state: dict[str, Any] | None = None
         self._training = False
@@ -527,8 +545,9 @@ class BestCheckpointSaver(FtCallback, ExportableState):
             return
         value = ctx.metrics.get(self.monitor)
         if value is None and not self._monitor_checked:
-            raise missing_monitor_error("BestCheckpointSaver", self.monitor, ctx)
-        self._monitor_checked = True
+            monitor_skipped("BestCheckpointSaver", self.monitor, ctx)  # raises unless one of ours skipped a round
+        else:
+            self._monitor_checked = True
         if value is not None and not isinstance(value, (int, float)):
             return
         value = None if value is None else float(value)
@@ -559,19 +578,43 @@ class BestCheckpointSaver(FtCallback, ExportableState):
         if ctx.is_main:
             try:
                 result = self._write_checkpoint(ctx, out, step, value)
-            except Exception as exc:  # disk full, permissions: keep the previous best and keep training
-                result = {"error": f"{type(exc).__name__}: {exc}"}
+            except Exception as exc:  # disk full, permissions: keep the previous best
+                # One kind per distinct error: the errno, not the file name, tells two failures apart.
+                kind = f"{type(exc).__name__}:{getattr(exc, 'errno', None) or exc}"
+                result = {"error": f"{type(exc).__name__}: {exc}", "kind": kind}
         # Rank 0 has written (or failed); every rank waits here and learns the outcome.
         result = broadcast_from_main(result) if is_distributed() else result
         if not result or "error" in result:
-            message = (result or {}).get("error", "unknown error")
-            if ctx.is_main:
-                warn(f"could not save the best checkpoint at step {step} ({message}); the previous best is kept.")
+            self._save_failed(ctx, step, result or {"error": "unknown error", "kind": "unknown"})
             return None
         if not ctx.is_main:  # follow rank 0's ranking
             self.ranking.load_state_dict(result["ranking"])
         self.saves.append({k: result[k] for k in ("step", "path", "seconds", "bytes")})
         return result
+
+    def _save_failed(self, ctx: EvaluationContext, step: int, result: dict[str, Any]) -> None:
+        """Every rank, from rank 0's outcome: the same decision (go on or stop) everywhere."""
+        error = result["error"]
+        first = not any(e["kind"] == result["kind"] for e in self.save_errors)
+        self.save_errors.append({"step": step, "error": error, "kind": result["kind"]})
+        ctx.add_summary("best/save_error", f"step {step}: {error}")
+        if self.on_save_error == "stop":
+            if ctx.control is not None:
+                ctx.control.should_training_stop = True
+            message = (
+                f"BestCheckpointSaver stops training at step {step}: could not save the best checkpoint ({error}); "
+                "the previous best is kept (on_save_error='stop')."
+            )
+            ctx.add_summary("best/stop_reason", message)
+            ctx.console.append("STOP: best checkpoint not saved")
+        else:
+            message = (
+                f"BestCheckpointSaver could not save the best checkpoint at step {step} ({error}); the previous best "
+                "is kept and training continues (on_save_error='continue'; 'stop' stops instead)."
+            )
+            ctx.console.append("best checkpoint not saved")
+        if ctx.is_main and (first or self.on_save_error == "stop"):
+            _print(f"[ft_callbacks] {message}")
 
     def _write_checkpoint(self, ctx: EvaluationContext, out: str, step: int, value: float) -> dict[str, Any]:
         start = time.monotonic()
@@ -611,13 +654,22 @@ class BestCheckpointSaver(FtCallback, ExportableState):
             _remove_tree(tmp)
             raise
         seconds = time.monotonic() - start
+        before = self.ranking.state_dict()
         decision = self.ranking.add(step, value, path=name, time=now, seconds=round(seconds, 4), bytes=size)
         pruned = [e.path for e in decision.pruned]
-        self._write_manifest(out, pruning=pruned)  # the manifest lists the new best before anything is deleted
+        try:
+            self._write_manifest(out, pruning=pruned)  # the manifest lists the new best before anything is deleted
+        except Exception:  # disk full: the manifest on disk is the previous one; the new folder is not listed
+            self.ranking.load_state_dict(before)
+            _remove_tree(final)  # it is under "pending" there, should this fail too
+            raise
         for path in pruned:
             _remove_tree(os.path.join(out, path))
         if pruned:
-            self._write_manifest(out)
+            try:
+                self._write_manifest(out)
+            except OSError:  # the manifest written above is valid; its "pruning" list is finished at the next start
+                pass
         return {
             "step": step,
             "path": name,
