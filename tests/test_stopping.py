@@ -167,3 +167,13 @@ def test_policy_gap_before_plateau_and_state_round_trip():
     decision = resumed.on_evaluation(3, 3.2, 2.0, monitored=3.2)
     assert decision.rule == "gap"  # both fire at once; the gap rule is reported
     assert resumed.stopped and resumed.state_dict()["stop_step"] == 3
+
+
+def test_the_first_stop_reason_stands():
+    policy = OverfitPolicy(patience=3, plateau_patience=None)
+    first = policy.on_step(10, math.inf)
+    assert first.stop and "train loss" in first.reason
+    # The Trainer still evaluates at that step: a NaN validation loss must not replace the reason.
+    again = policy.on_evaluation(10, math.nan, 1.0)
+    assert not again
+    assert policy.stop_step == 10 and "train loss" in policy.stop_reason

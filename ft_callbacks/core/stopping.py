@@ -221,6 +221,9 @@ class OverfitPolicy:
         return step < self.min_steps or self.evaluations < self.min_evals
 
     def _stop(self, step: int, decision: StopDecision) -> StopDecision:
+        if self.stop_step is not None:
+            # Already stopped (e.g. a NaN step that is also an evaluation step): the first reason stands.
+            return CONTINUE
         self.stop_step, self.stop_rule, self.stop_reason = step, decision.rule, decision.reason
         return decision
 
