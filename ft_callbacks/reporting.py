@@ -44,6 +44,7 @@ class WandbSink:
         self._notices: set[str] = set()
         self._axis_defined: set[str] = set()
         self.owned_run: Any = None
+        self.init_failed = False  # wandb.init raised once: do not try again in this process
 
     def notice(self, key: str, message: str) -> None:
         if key not in self._notices:
@@ -83,14 +84,21 @@ class WandbSink:
         if run is not None and getattr(run, "_is_finished", False):
             run = None
         if run is None:
+            if self.init_failed:
+                # Once is enough: with the network down every wandb.init can block for its whole
+                # timeout. A run the user (or the Trainer) starts later is still picked up above.
+                return None
             try:
                 run = self._start(wandb, run_name)
             except Exception as exc:  # no network, bad key, ... : keep training
+                self.init_failed = True
                 self.notice("init", f"could not start a wandb run ({type(exc).__name__}: {exc}); "
                             "results go to the console and trainer_state.json only.")
                 return None
         if run.id not in self._axis_defined:
             self._axis_defined.add(run.id)
+            if run is not self.owned_run:
+                self._notice_offline(run)
             try:
                 # The Trainer's WandbCallback defines the same axis; repeating it is harmless and
                 # covers runs we started ourselves.
@@ -110,11 +118,18 @@ class WandbSink:
             mode=mode,
         )
         self.owned_run = run
-        if mode == "offline" or getattr(run.settings, "_offline", False):
+        self._notice_offline(run, forced=mode == "offline")
+        return run
+
+    def _notice_offline(self, run: Any, forced: bool = False) -> None:
+        try:
+            offline = forced or bool(getattr(run.settings, "_offline", False))
             run_dir = os.path.dirname(run.dir.rstrip(os.sep))
+        except Exception:
+            return
+        if offline:
             self.notice("offline", f"wandb is logging offline to {run_dir} (no API key or network). "
                         f"Watch it with `wandb leet {run_dir}`; upload it later with `wandb sync {run_dir}`.")
-        return run
 
     def log(self, data: dict[str, Any], step: int, run_name: str | None = None) -> None:
         if not data:

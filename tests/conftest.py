@@ -35,4 +35,5 @@ def wandb_offline(tmp_path, monkeypatch):
     # directory is honoured.
     wandb.teardown()
     SINK.owned_run = None
+    SINK.init_failed = False
     SINK._notices.clear()
