@@ -1,0 +1,166 @@
+"""The whole generative-LM kit in one 2-process run; launched by tests/test_kit_distributed.py under
+`torchrun --nproc_per_node 2` and under `accelerate launch --multi_gpu --num_processes 2` (CPU, gloo).
+
+usage: kit_ddp.py TOKENIZER_DIR OUT_DIR [monitor=METRIC] [background=default|off] [max_steps=N]
+                  [eval_steps=N]
+
+A tiny GPT-2 trains on 8 docstrings (global batch 8: it overfits fast) with, together,
+OverfitGuard(patience=2), BestCheckpointSaver(monitor=METRIC, keep=100: every improvement stays on
+disk) and GenerationScorer(7 prompts, metrics rouge + bleu + a counting callable), reporting to
+wandb (offline). Each rank writes OUT_DIR/rank{R}.json with what it saw:
+
+- `generated`: per generation round, the prompt indices this rank generated (GenerationScorer's
+  `_generate_indices` is wrapped; padding calls that even out the shards are left out);
+- `scored`: per round, how many texts the scoring callable received on this rank;
+- `checkpoint_writes`: the steps at which this rank wrote a checkpoint folder;
+- the evaluations in `log_history`, the guard's stop, the saver's saves and ranking, the wandb run
+  this process holds, and a checksum of its final weights.
+
+`build_kit` and `write_record` are reused by kit_rank_error.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from transformers import PreTrainedTokenizerFast
+
+TESTS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TESTS.parent))
+
+from ft_callbacks import BestCheckpointSaver, GenerationScorer, OverfitGuard, toy  # noqa: E402
+from tests.helpers import lm_trainer  # noqa: E402
+
+NUM_PROMPTS = 7  # odd: rank 0 generates 4 prompts, rank 1 three (plus one padding call)
+EVAL_KEYS = ("eval_loss", "eval_perplexity", "eval_token_loss", "eval_train_loss", "eval_loss_gap",
+             "eval_rouge1", "eval_rougeL", "eval_bleu", "eval_rougeL_delta")  # fmt: skip
+
+
+def prompt_pairs(corpus: list[str], count: int) -> tuple[list[str], list[str]]:
+    """Prompts (the first words of a training docstring) and references (the words that follow)."""
+    prompts, references = [], []
+    for text in corpus[:count]:
+        words = text.split()
+        prompts.append(" ".join(words[:6]))
+        references.append(" ".join(words[6:20]) or words[-1])
+    return prompts, references
+
+
+def build_kit(tokenizer_dir: str, out_dir: Path, monitor: str, background: bool | None, max_steps: int,
+              eval_steps: int, on_score: Callable | None = None, **guard_options: Any) -> dict[str, Any]:  # fmt: skip
+    """The Trainer with the three callbacks, instrumented. Returns the pieces and the probes.
+    `on_score(predictions)` runs inside the scoring callable first (kit_rank_error.py makes it raise)."""
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+    corpus = toy.stdlib_corpus()
+    prompts, references = prompt_pairs(corpus, NUM_PROMPTS)
+    probes: dict[str, list] = {"generated": [], "scored": [], "checkpoint_writes": []}
+
+    def counted(predictions, refs):
+        if on_score is not None:
+            on_score(predictions)
+        probes["scored"].append(len(predictions))
+        return {}
+
+    options: dict[str, Any] = {} if background is None else {"background": background}
+    scorer = GenerationScorer(prompts, references, metrics=("rouge", "bleu", counted), max_new_tokens=8,
+                              batch_size=4, **options)  # fmt: skip
+    generate = scorer._generate_indices
+
+    def recording(model, tok, indices, keep, args, show_progress):
+        probes["generated"].append(list(indices[:keep]))
+        return generate(model, tok, indices, keep, args, show_progress)
+
+    scorer._generate_indices = recording
+    saver = BestCheckpointSaver(monitor=monitor, keep=100)
+    write = saver._write_checkpoint
+
+    def counting_write(ctx, out, step, value):
+        probes["checkpoint_writes"].append(step)
+        return write(ctx, out, step, value)
+
+    saver._write_checkpoint = counting_write
+    guard = OverfitGuard(patience=2, **guard_options)
+    trainer = lm_trainer(
+        tokenizer, corpus, out_dir / "trainer", [guard, saver, scorer], train_size=8, eval_size=30,
+        max_steps=max_steps, eval_steps=eval_steps, logging_steps=eval_steps, per_device_train_batch_size=4,
+        per_device_eval_batch_size=8, ddp_backend="gloo", report_to="wandb", run_name="kit",
+    )  # fmt: skip
+    assert dist.is_initialized() and dist.get_world_size() == 2, "expected a 2-process run"
+    return {"trainer": trainer, "guard": guard, "saver": saver, "scorer": scorer, "probes": probes}
+
+
+def write_record(kit: dict[str, Any], out_dir: Path, **extra: Any) -> dict[str, Any]:
+    import wandb
+
+    trainer, guard, saver, scorer = kit["trainer"], kit["guard"], kit["saver"], kit["scorer"]
+    rank = trainer.args.process_index
+    evals = [
+        {k: e[k] for k in ("step", *EVAL_KEYS) if k in e}
+        for e in trainer.state.log_history
+        if "eval_loss" in e or "eval_rouge1" in e
+    ]
+    record = {
+        "rank": rank,
+        "world_size": trainer.args.world_size,
+        "launcher_env": sorted(k for k in os.environ if k.startswith(("ACCELERATE_", "TORCHELASTIC_RUN_ID"))),
+        "model_wrapper": type(trainer.model_wrapped).__name__,
+        "global_step": trainer.state.global_step,
+        "stop_step": guard.policy.stop_step,
+        "stop_rule": guard.policy.stop_rule,
+        "evals": evals,
+        "saves": saver.saves,
+        "ranking": saver.ranking.state_dict(),
+        "scorer_sync": scorer._sync,
+        "generation_history": scorer.history,
+        "wandb_run": wandb.run.id if wandb.run is not None else None,
+        "weights_checksum": sum(float(p.detach().double().sum()) for p in trainer.model.parameters()),
+        **kit["probes"],
+        **extra,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f"rank{rank}.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, out_dir / f"rank{rank}.json")
+    return record
+
+
+def parse_options(argv: list[str], **defaults: Any) -> dict[str, Any]:
+    """`TOKENIZER_DIR OUT_DIR key=value ...` (not `--key`: torchrun and accelerate launch take any
+    `--option` that abbreviates one of theirs, e.g. `--monitor` for `--monitor_interval`). A key given
+    twice collects a list."""
+    options: dict[str, Any] = {"tokenizer_dir": argv[0], "out_dir": Path(argv[1]), **defaults}
+    for item in argv[2:]:
+        key, _, value = item.partition("=")
+        if key not in defaults:
+            raise SystemExit(f"unknown option {item!r}; known: {sorted(defaults)}")
+        if isinstance(defaults[key], list):
+            options[key] = [*options[key], value]
+        else:
+            options[key] = type(defaults[key])(value)
+    return options
+
+
+def main() -> None:
+    options = parse_options(sys.argv[1:], monitor="eval_perplexity", background="default", max_steps=40,
+                            eval_steps=5)  # fmt: skip
+    started = time.monotonic()
+    kit = build_kit(options["tokenizer_dir"], options["out_dir"], options["monitor"],
+                    None if options["background"] == "default" else False, options["max_steps"],
+                    options["eval_steps"])  # fmt: skip
+    kit["trainer"].train()
+    write_record(kit, options["out_dir"], seconds=time.monotonic() - started)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main()
