@@ -13,7 +13,7 @@ from transformers.trainer_callback import ExportableState
 
 from ._compat import eval_strategy, processing_class
 from .base import ConfigurationError, FtCallback, _Hub, monitor_skipped
-from .core.modes import check_mode, normalize_metric_name
+from .core.modes import check_mode, is_improvement, normalize_metric_name
 from .core.perplexity import TokenLossTotals, merge_rank_batches, safe_exp
 from .core.stopping import OverfitPolicy, StopDecision
 from .distributed import all_gather_objects, broadcast_from_main, is_distributed
@@ -131,6 +131,7 @@ class OverfitGuard(FtCallback, ExportableState):
         self.probe = TokenLossProbe(count_bytes=count_bytes)
         self.history: list[dict[str, Any]] = []
         self.best_step: int | None = None
+        self.best_token_loss: float | None = None  # tracked whatever rules are on
         self._restored_state: dict[str, Any] | None = None
         self._training = False
         self._monitor_checked = False
@@ -165,6 +166,7 @@ class OverfitGuard(FtCallback, ExportableState):
             "policy": self.policy.state_dict(),
             "history": list(self.history),
             "best_step": self.best_step,
+            "best_token_loss": self.best_token_loss,
             "window": [self._window_nll, self._window_tokens, self._logged_loss_sum, self._logged_loss_steps],
             "sample_indices": self._sample_indices,
         }
@@ -174,6 +176,7 @@ class OverfitGuard(FtCallback, ExportableState):
         self.policy.load_state_dict(state.get("policy", {}))
         self.history = list(state.get("history", []))
         self.best_step = state.get("best_step")
+        self.best_token_loss = state.get("best_token_loss")
         window = state.get("window") or [0.0, 0.0, 0.0, 0]
         self._window_nll, self._window_tokens, self._logged_loss_sum, self._logged_loss_steps = window
         self._sample_indices = state.get("sample_indices")
@@ -189,6 +192,11 @@ class OverfitGuard(FtCallback, ExportableState):
     @property
     def stop_reason(self) -> str:
         return self.policy.stop_reason
+
+    @property
+    def stop_rule(self) -> str:
+        """"gap", "plateau", "non_finite" or "divergence" once stopped; "" before."""
+        return self.policy.stop_rule
 
     # -- events --------------------------------------------------------------------------------
     def produces(self) -> set[str]:
@@ -422,8 +430,8 @@ class OverfitGuard(FtCallback, ExportableState):
         # Every rank computed the same reduced numbers; rank 0's decision is made everyone's anyway,
         # since ranks that disagree about stopping hang in the next collective.
         decision = broadcast_from_main(decision)
-        if token_loss is not None and self.policy.gap is not None and self.policy.gap.best_eval_loss == token_loss:
-            self.best_step = ctx.step
+        if is_improvement(token_loss, self.best_token_loss, "min"):  # strictly better: the earlier step keeps ties
+            self.best_token_loss, self.best_step = token_loss, ctx.step
         gap = ctx.metrics.get(f"{ctx.prefix}_loss_gap")
         self.history.append({"step": ctx.step, "token_loss": token_loss, "train_loss": self._compare_loss, "gap": gap})
         parts = []
@@ -460,10 +468,9 @@ class OverfitGuard(FtCallback, ExportableState):
 
     def _summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        gap = self.policy.gap
-        if gap is not None and gap.best_eval_loss is not None:
-            out["best_eval_token_loss"] = gap.best_eval_loss
-            out["best_eval_perplexity"] = safe_exp(gap.best_eval_loss)
+        if self.best_token_loss is not None:
+            out["best_eval_token_loss"] = self.best_token_loss
+            out["best_eval_perplexity"] = safe_exp(self.best_token_loss)
         if self.best_step is not None:
             out["best_step"] = self.best_step
         if self.policy.plateau is not None and self.policy.plateau.best is not None:
@@ -478,7 +485,7 @@ class OverfitGuard(FtCallback, ExportableState):
         if self.policy.stopped:
             return (
                 f"OverfitGuard: stopped early at step {self.policy.stop_step} ({self.policy.stop_rule} rule); "
-                f"best validation token loss {self.policy.gap.best_eval_loss if self.policy.gap else '-'} "
+                f"best validation token loss {self.best_token_loss if self.best_token_loss is not None else '-'} "
                 f"at step {self.best_step}."
             )
         return f"OverfitGuard: training ran to step {state.global_step} without an early stop."

@@ -316,3 +316,13 @@ def test_encoder_decoder_perplexity_is_unshifted(tokenizer, corpus, tmp_path):
             nll -= picked[mask].sum().item()
             tokens += int(mask.sum())
     assert metrics["eval_perplexity"] == pytest.approx(math.exp(nll / tokens), rel=1e-6)
+
+
+def test_an_observing_guard_still_tracks_its_best(tokenizer, corpus, tmp_path):
+    guard = OverfitGuard(patience=None, plateau_patience=None)
+    trainer = lm_trainer(tokenizer, corpus, tmp_path, [guard], max_steps=60)
+    trainer.train()
+    evals = [(e["step"], e["eval_token_loss"]) for e in trainer.state.log_history if "eval_token_loss" in e]
+    best_step, best = min(evals, key=lambda sv: (sv[1], sv[0]))
+    assert guard.best_token_loss == best and guard.best_step == best_step
+    assert guard.stop_rule == "" and not guard.stopped
