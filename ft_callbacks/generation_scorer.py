@@ -680,8 +680,11 @@ class GenerationScorer(FtCallback, ExportableState):
         )
         if target is not None:
             target.update(entry)
-        else:
-            state.log_history.append({**entry, "epoch": state.epoch, "step": step})
+        else:  # in step order, also when a background round lands after later entries
+            history = state.log_history
+            at = next((i for i, e in enumerate(history) if e.get("step", 0) > step), len(history))
+            epoch = (state.epoch or 0.0) * step / state.global_step if state.global_step else 0.0
+            history.insert(at, {**entry, "epoch": epoch, "step": step})
         if not state.is_world_process_zero:
             return
         data = rewrite_logs({f"{prefix}_{k}": v for k, v in values.items()})
