@@ -66,8 +66,9 @@ def test_metric_for_best_model_lower_is_better_needs_greater_is_better_false(tok
         trainer.train()
     assert trainer.state.global_step == 0
     # Without the eval_ prefix, and with the direction set, our metric drives the Trainer's choice.
-    trainer = lm_trainer(tokenizer, corpus, tmp_path / "b", [OverfitGuard(patience=None)], max_steps=20,
-                         save_strategy="best", metric_for_best_model="perplexity", greater_is_better=False)  # fmt: skip
+    trainer = lm_trainer(tokenizer, corpus, tmp_path / "b", [OverfitGuard(patience=None)], max_steps=10, eval_steps=5,
+                         save_strategy="best", metric_for_best_model="perplexity", greater_is_better=False,
+                         save_only_model=True)  # fmt: skip
     trainer.train()
     evals = [e["eval_perplexity"] for e in trainer.state.log_history if "eval_perplexity" in e]
     assert trainer.state.best_metric == pytest.approx(min(evals))
