@@ -5,6 +5,18 @@ import pytest
 from ft_callbacks import toy
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine two threads can be
+    many times slower than one (they spin waiting for each other). Subprocess tests set OMP_NUM_THREADS=1."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def corpus() -> list[str]:
     return toy.stdlib_corpus()
