@@ -18,6 +18,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from ._compat import eval_strategy
 from .core.errors import ConfigurationError
 from .core.modes import infer_mode, normalize_metric_name
 from .reporting import EvaluationContext, _print, final_dashboard, flush_evaluation
@@ -35,6 +36,15 @@ def missing_monitor_error(owner: str, monitor: str, ctx: EvaluationContext) -> C
         f"{available}. Pick one of those (or fix compute_metrics); pass eval_on_start=True to "
         "TrainingArguments to catch this before the first training step."
     )
+
+
+def require_evaluations(args: Any, owner: str, what: str, alternative: str = "") -> None:
+    """Refuse, before the first step, a run in which `owner` would never act (no evaluations)."""
+    if eval_strategy(args) == "no":
+        raise ConfigurationError(
+            f"{owner} {what}, but eval_strategy='no'. Set TrainingArguments(eval_strategy='steps', eval_steps=N) "
+            f"(or 'epoch') and pass an eval_dataset{alternative}."
+        )
 
 
 def monitor_skipped(owner: str, monitor: str, ctx: EvaluationContext) -> bool:

@@ -28,10 +28,10 @@ from typing import Any, Literal
 
 from transformers.trainer_callback import ExportableState
 
-from ._compat import eval_strategy
-from .base import ConfigurationError, FtCallback, _Hub, monitor_skipped
+from .base import ConfigurationError, FtCallback, _Hub, monitor_skipped, require_evaluations
 from .core.modes import Mode, check_mode, is_finite, is_improvement, normalize_metric_name
 from .distributed import broadcast_from_main, is_distributed
+from .records import _fsync_path, write_json_atomic
 from .reporting import SINK, EvaluationContext, _print, notice_once, report_event, warn
 
 MANIFEST = "best_checkpoints.json"
@@ -127,19 +127,6 @@ def checkpoint_name(step: int, monitor: str, value: float) -> str:
     return f"best-step{int(step):06d}-{metric}={value:.4f}"
 
 
-def _fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: str | os.PathLike) -> int:
     """fsync every file and folder under `root`; returns the bytes in it."""
     total = 0
@@ -150,25 +137,6 @@ def _fsync_tree(root: str | os.PathLike) -> int:
             _fsync_path(path)
         _fsync_path(dirpath, directory=True)
     return total
-
-
-def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
-    """A reader sees the old file or the new one, never a torn one, even after a crash."""
-    path = str(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(payload, f, indent=2, default=float)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except Exception:  # disk full: the old file stays, and no torn tmp file is left beside it
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_path(os.path.dirname(path) or ".", directory=True)
 
 
 def read_manifest(output_dir: str | os.PathLike) -> dict[str, Any] | None:
@@ -378,11 +346,7 @@ class BestCheckpointSaver(FtCallback, ExportableState):
     # -- start / resume ------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
         super().on_train_begin(args, state, control, **kwargs)
-        if eval_strategy(args) == "no":
-            raise ConfigurationError(
-                "BestCheckpointSaver saves after evaluations, but eval_strategy='no'. Set "
-                "TrainingArguments(eval_strategy='steps', eval_steps=N) (or 'epoch') and pass an eval_dataset."
-            )
+        require_evaluations(args, "BestCheckpointSaver", "saves after evaluations")
         engine = _sharded_engine(args)
         if engine is not None:
             raise ConfigurationError(

@@ -12,7 +12,6 @@ broadcasts the numbers, so every rank acts on the same metrics.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -28,12 +27,13 @@ import torch
 from transformers import GenerationConfig
 from transformers.trainer_callback import ExportableState
 
-from ._compat import eval_strategy, processing_class, rewrite_logs, unwrap_model
-from .base import ConfigurationError, FtCallback, _Hub
+from ._compat import processing_class, rewrite_logs, unwrap_model
+from .base import ConfigurationError, FtCallback, _Hub, require_evaluations
 from .core.label_metrics import compute_label_metrics, match_label_texts
 from .core.modes import normalize_metric_name
 from .core.text_scores import KNOWN_METRICS, TextScorer
 from .distributed import all_gather_objects, broadcast_from_main, is_distributed, rank, world_size
+from .records import read_json, write_record
 from .reporting import SINK, EvaluationContext, _print, _run_name, notice_once, summary_key
 
 STATE_DIR = "ft_callbacks"
@@ -251,29 +251,19 @@ class GenerationScorer(FtCallback, ExportableState):
     def _write_record(self, args: Any) -> None:
         path = self._record_path(args)
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.tmp"
-            with open(tmp, "w") as f:
-                json.dump({**self._state_dict(), "samples": self.table_rows[-self.max_table_rows :]}, f, default=str)
-            os.replace(tmp, path)
+            write_record(path, {**self._state_dict(), "samples": self.table_rows[-self.max_table_rows :]})
         except OSError as exc:
             notice_once("gen:record", f"could not write {path} ({exc}); training continues.")
 
     def _read_record(self, args: Any) -> dict[str, Any] | None:
-        try:
-            with open(self._record_path(args)) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return None
+        return read_json(self._record_path(args))
 
     # -- set-up --------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
         super().on_train_begin(args, state, control, **kwargs)
-        if self.every_n_steps is None and eval_strategy(args) == "no":
-            raise ConfigurationError(
-                "GenerationScorer scores at evaluations, but eval_strategy='no'. Set TrainingArguments("
-                "eval_strategy='steps', eval_steps=N) with an eval_dataset, or GenerationScorer(every_n_steps=N)."
-            )
+        if self.every_n_steps is None:
+            alternative = ", or GenerationScorer(every_n_steps=N)"
+            require_evaluations(args, "GenerationScorer", "scores at evaluations", alternative)
         model = kwargs.get("model")
         tokenizer = processing_class(kwargs)
         self._prepare(model, tokenizer)

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._compat import eval_strategy, is_causal_lm, unwrap_model
-from .base import ConfigurationError, FtCallback
+from ._compat import is_causal_lm, unwrap_model
+from .base import ConfigurationError, FtCallback, require_evaluations
 from .core.label_metrics import LabelAccumulator, LabelReport, compute_label_metrics
 from .core.perplexity import merge_rank_batches
 from .distributed import all_gather_objects, is_distributed
@@ -146,11 +146,7 @@ class LabelScorer(FtCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         super().on_train_begin(args, state, control, **kwargs)
-        if eval_strategy(args) == "no":
-            raise ConfigurationError(
-                "LabelScorer scores at evaluations, but eval_strategy='no'. Set TrainingArguments("
-                "eval_strategy='steps', eval_steps=N) (or 'epoch') and pass an eval_dataset."
-            )
+        require_evaluations(args, "LabelScorer", "scores at evaluations")
         model = kwargs.get("model")
         self._attach(model)
         self._resolve_names(model)

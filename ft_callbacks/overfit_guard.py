@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Literal
@@ -11,12 +10,13 @@ import numpy as np
 import torch
 from transformers.trainer_callback import ExportableState
 
-from ._compat import eval_strategy, processing_class
-from .base import ConfigurationError, FtCallback, _Hub, monitor_skipped
+from ._compat import processing_class
+from .base import ConfigurationError, FtCallback, _Hub, monitor_skipped, require_evaluations
 from .core.modes import check_mode, is_improvement, normalize_metric_name
 from .core.perplexity import TokenLossTotals, merge_rank_batches, safe_exp
 from .core.stopping import OverfitPolicy, StopDecision
 from .distributed import all_gather_objects, broadcast_from_main, is_distributed
+from .records import read_json, write_record
 from .reporting import EvaluationContext, _print, notice_once, report_event
 from .token_loss import TokenLossProbe, mean_or_nan
 
@@ -208,11 +208,7 @@ class OverfitGuard(FtCallback, ExportableState):
 
     def on_train_begin(self, args, state, control, **kwargs):
         super().on_train_begin(args, state, control, **kwargs)
-        if eval_strategy(args) == "no":
-            raise ConfigurationError(
-                "OverfitGuard needs evaluations during training, but eval_strategy='no'. Set "
-                "TrainingArguments(eval_strategy='steps', eval_steps=N) (or 'epoch') and pass an eval_dataset."
-            )
+        require_evaluations(args, "OverfitGuard", "needs evaluations during training")
         self.probe.attach(kwargs.get("model"), processing_class(kwargs))
         self.probe.reset_eval()
         self._training = True
@@ -495,25 +491,17 @@ class OverfitGuard(FtCallback, ExportableState):
 
     def _write_record(self, args: Any, state: Any) -> None:
         path = self._record_path(args)
+        payload = {
+            "global_step": state.global_step,
+            "stop_step": self.policy.stop_step,
+            "stop_rule": self.policy.stop_rule,
+            "stop_reason": self.policy.stop_reason,
+            "state": self.state_dict(),
+        }
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            payload = {
-                "global_step": state.global_step,
-                "stop_step": self.policy.stop_step,
-                "stop_rule": self.policy.stop_rule,
-                "stop_reason": self.policy.stop_reason,
-                "state": self.state_dict(),
-            }
-            tmp = f"{path}.tmp"
-            with open(tmp, "w") as f:
-                json.dump(payload, f, indent=2, default=float)
-            os.replace(tmp, path)  # atomic: a reader sees the old record or the new one
+            write_record(path, payload)  # atomic: a reader sees the old record or the new one
         except OSError as exc:
             notice_once("record", f"could not write {path} ({exc}); training continues.")
 
     def _read_record(self, args: Any) -> dict[str, Any] | None:
-        try:
-            with open(self._record_path(args)) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return None
+        return read_json(self._record_path(args))

@@ -13,6 +13,8 @@ from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArgum
 
 from ft_callbacks import toy
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def wandb_executable() -> str:
     exe = shutil.which("wandb")
@@ -88,6 +90,16 @@ def lm_trainer(
     )
 
 
+def load_example(name: str):
+    """An examples/<name>.py script as a module (its `main(argv)` runs it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def free_port() -> int:
     import socket
 
@@ -105,8 +117,6 @@ def torchrun_command(script: str | os.PathLike, *script_args: str | os.PathLike)
         "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script), *map(str, script_args),
     ]  # fmt: skip
 
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def run_torchrun(

@@ -5,21 +5,13 @@ best logged value."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .helpers import load_example
 
 
 def _evaluations(trainer) -> list[dict]:
@@ -49,7 +41,7 @@ def _check_best(output_dir: Path, monitor: str, values: dict[int, float], mode: 
 
 @pytest.mark.slow
 def test_seq2seq_summarization_example(tmp_path, capsys):
-    example = _load("seq2seq_summarization")
+    example = load_example("seq2seq_summarization")
     out = tmp_path / "run"
     trainer = example.main(["--output-dir", str(out), "--max-steps", "20", "--eval-steps", "10", "--num-samples", "6"])
     assert trainer.state.global_step == 20
@@ -80,7 +72,7 @@ def test_seq2seq_summarization_example(tmp_path, capsys):
 def test_sft_lora_chat_example(tmp_path, capsys):
     from peft import PeftModel
 
-    example = _load("sft_lora_chat")
+    example = load_example("sft_lora_chat")
     out = tmp_path / "run"
     argv = ["--output-dir", str(out), "--max-steps", "10", "--eval-steps", "5", "--pretrain-steps", "20"]
     trainer = example.main([*argv, "--num-samples", "4"])
@@ -111,7 +103,7 @@ def test_sft_lora_chat_example(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_sequence_classification_example(tmp_path, capsys):
-    example = _load("sequence_classification")
+    example = load_example("sequence_classification")
     out = tmp_path / "run"
     trainer = example.main(["--output-dir", str(out), "--max-steps", "40", "--eval-steps", "20"])
     evals = _evaluations(trainer)
