@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -87,6 +87,9 @@ class GenerationScorer(FtCallback, ExportableState):
             accuracy/precision/recall/F1 and `eval_invalid_rate`.
         background: score in a background thread while training goes on (results are logged at
             the step they belong to); a monitor that needs the score makes that evaluation wait.
+            "auto" (default): only when there is spare CPU (the model is on an accelerator, or
+            more cores than torch threads), since on busy cores the thread slows training about
+            as much as it saves; True/False force it.
         scorer_options: passed to `TextScorer` (e.g. `use_stemmer`, `bertscore_model`,
             `bertscore_num_layers`, `bertscore_idf`, `device`).
         scoring_timeout: seconds to wait at train end for background scoring before giving up.
@@ -112,7 +115,7 @@ class GenerationScorer(FtCallback, ExportableState):
         chat_template: bool = False,
         label_names: Sequence[str] | None = None,
         positive_label: str | int | None = None,
-        background: bool = True,
+        background: bool | Literal["auto"] = "auto",
         num_lowest: int = 5,
         max_table_rows: int = 2000,
         scorer_options: dict[str, Any] | None = None,
@@ -195,7 +198,7 @@ class GenerationScorer(FtCallback, ExportableState):
         # Background rounds in order: step, prefix, scoring, texts, is_baseline.
         self._pending: list[tuple[int, str, Future, list[str], bool]] = []
         self._lock = threading.Lock()
-        self._sync = not background
+        self._sync = background is False
         self._signatures: dict[str, str] = {}
 
     # -- configuration helpers ---------------------------------------------------------------
@@ -267,7 +270,7 @@ class GenerationScorer(FtCallback, ExportableState):
         model = kwargs.get("model")
         tokenizer = processing_class(kwargs)
         self._prepare(model, tokenizer)
-        self._sync = not self.background
+        self._sync = not self._background_pays(model)
         if state.global_step > 0:
             saved = self._restored
             if saved is None:
@@ -316,6 +319,18 @@ class GenerationScorer(FtCallback, ExportableState):
                     f"GenerationScorer scores synchronously because {needed} drive(s) stopping or saving and must be "
                     "ready at each evaluation.",
                 )
+
+    def _background_pays(self, model: Any) -> bool:
+        """Whether scoring in a thread can overlap training: only with spare CPU. Measured on 2 busy
+        cores, a scoring thread beside a 2-thread torch training slowed every step about as much as
+        it saved (benchmarks/bench_generation_scorer.py, bench_kit_overhead.py)."""
+        if self.background != "auto":
+            return bool(self.background)
+        try:
+            device = next(unwrap_model(model).parameters()).device.type
+        except (StopIteration, AttributeError, TypeError):
+            device = "cpu"
+        return device != "cpu" or (os.cpu_count() or 1) > torch.get_num_threads()
 
     def _prepare(self, model: Any, tokenizer: Any) -> None:
         if model is None:
