@@ -101,6 +101,7 @@ class ReportResult:
     best_step: int | None = None
     stop_step: int | None = None
     notes: list[str] = field(default_factory=list)
+    plotted: dict[str, list[str]] = field(default_factory=dict)  # panel -> series drawn (legend labels)
 
 
 # -- reading ----------------------------------------------------------------------------------------
@@ -673,7 +674,8 @@ def _label_panel(ax: Any, run: _Run, palette: list[str]) -> None:
     ax.legend(handles=handles, loc="best", fontsize=8, framealpha=0.85)
 
 
-def _figure_png(run: _Run) -> bytes:
+def _figure_png(run: _Run, plotted: dict[str, list[str]] | None = None) -> bytes:
+    """The picture; `plotted` (when given) receives each panel's drawn series, by legend label."""
     Figure, FigureCanvasAgg = _matplotlib()
     panels: list[str] = ["loss"]
     if run.has("eval_perplexity"):
@@ -697,6 +699,8 @@ def _figure_png(run: _Run) -> bytes:
         else:
             _label_panel(ax, run, palette)
         ax.grid(True, alpha=0.3)
+        if plotted is not None:
+            plotted[panel] = [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
     axes[-1].set_xlabel("training step")
     title = f"{run.root.resolve().name}: {run.steps} steps"
     stop = run.stop()
@@ -863,7 +867,8 @@ def build_report(
     chosen = _check_formats(formats)
     run = _load_run(run_dir)
     lines = _summary_lines(run)
-    png_bytes = _figure_png(run) if chosen else b""
+    plotted: dict[str, list[str]] = {}
+    png_bytes = _figure_png(run, plotted) if chosen else b""
     target = Path(out_dir) if out_dir is not None else Path(run_dir) / REPORT_DIR
     png_path = html_path = None
     if chosen:
@@ -893,6 +898,7 @@ def build_report(
         best_step=None if best is None else best[0],
         stop_step=None if stop is None else stop[0],
         notes=list(run.notes),
+        plotted=plotted,
     )
 
 

@@ -55,6 +55,11 @@ def test_report_of_a_real_overfitting_run(overfit_run):
     height, width = image.shape[:2]
     assert 800 <= width <= 1400 and 600 <= height <= 1600  # loss + perplexity panels
     assert image.std() > 0.05  # something is drawn, not a blank canvas
+    # The series the picture holds, by legend label.
+    assert list(result.plotted) == ["loss", "perplexity"]
+    assert any(label.startswith("train loss") for label in result.plotted["loss"])
+    assert any(label.startswith("validation") for label in result.plotted["loss"])
+    assert any("perplexity" in label for label in result.plotted["perplexity"])
 
     # What the trainer state says, found again in the page.
     stop_step = _summary_value(state.log_history, "ft_callbacks/early_stop_step")
