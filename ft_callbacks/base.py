@@ -50,11 +50,11 @@ def require_evaluations(args: Any, owner: str, what: str, alternative: str = "")
 def monitor_skipped(owner: str, monitor: str, ctx: EvaluationContext) -> bool:
     """For a monitored metric missing from an evaluation: True (after a notice) when one of our
     callbacks produces it and only skipped this round (its generation or scoring failed), so the
-    caller treats it as "no value this time"; otherwise the configuration is wrong and this raises."""
+    caller treats it as "no improvement this time"; otherwise the configuration is wrong and this raises."""
     if monitor in _Hub.of(ctx.state).produced_metrics(ctx.prefix):
         if ctx.is_main:
             _print(f"[ft_callbacks] step {ctx.step} | {owner}: {monitor} is missing this evaluation (its producer "
-                   "skipped the round); nothing is decided on it this time.")  # fmt: skip
+                   "skipped the round); it counts as no improvement this time.")  # fmt: skip
         return True
     raise missing_monitor_error(owner, monitor, ctx)
 
