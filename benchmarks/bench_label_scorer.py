@@ -62,7 +62,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -76,6 +75,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from benchmarks._memory import RssSampler, read_status_kib, reset_peak_rss  # noqa: E402
 
 RESULTS_PATH = ROOT / "benchmarks" / "results_label_scorer.json"
 SEED = 0
@@ -503,49 +504,6 @@ def bench_metrics_cost(cfg: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------
 # 2. eval peak memory (each measurement in a fresh subprocess)
 # ---------------------------------------------------------------------------------------------------
-def _read_status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-class RssSampler(threading.Thread):
-    def __init__(self, interval_s: float = 0.002) -> None:
-        super().__init__(daemon=True)
-        import psutil
-
-        self.process = psutil.Process()
-        self.interval_s = interval_s
-        self.peak = self.process.memory_info().rss
-        self.samples = 0
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            self.samples += 1
-            self._stop_event.wait(self.interval_s)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
-
-
 def memory_worker(variant: str, case: str, n_examples: int, state_dir: str) -> dict[str, Any]:
     """Runs in its own process: peak RSS growth of one trainer.evaluate()."""
     import psutil
@@ -573,7 +531,7 @@ def memory_worker(variant: str, case: str, n_examples: int, state_dir: str) -> d
         gc.collect()
         process = psutil.Process()
         before = process.memory_info().rss
-        hwm_ok = _reset_peak_rss()
+        hwm_ok = reset_peak_rss()
         sampler = RssSampler()
         sampler.start()
         started = time.perf_counter()
@@ -581,7 +539,7 @@ def memory_worker(variant: str, case: str, n_examples: int, state_dir: str) -> d
             metrics = trainer.evaluate()
         elapsed = time.perf_counter() - started
         sampler.stop()
-        hwm_kib = _read_status_kib("VmHWM") if hwm_ok else None
+        hwm_kib = read_status_kib("VmHWM") if hwm_ok else None
     peak = max(sampler.peak, hwm_kib * 1024 if hwm_kib is not None else 0)
     lengths = [len(ids) for ids in evaluation["input_ids"]]
     return {
