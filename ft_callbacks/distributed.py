@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
+
+from .core.perplexity import merge_rank_batches
 
 T = TypeVar("T")
 
@@ -58,3 +61,22 @@ def all_gather_objects(obj: T) -> list[T]:
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def gather_eval_rows(batches: list[np.ndarray | None], eval_dataloader: Any, width: int) -> np.ndarray | None:
+    """Every rank's per-sample rows of one evaluation (a list of [batch, width] arrays each), in
+    dataset order with the samples repeated to even out the last round dropped. None when a batch
+    could not be read on some rank (marked None there): numbers over part of the eval set, or rows
+    shifted against the other ranks', would be silently wrong."""
+    per_rank = all_gather_objects(batches)
+    if any(batch is None for rank_batches in per_rank for batch in rank_batches):
+        return None
+    total = None
+    if is_distributed():
+        dataset = getattr(eval_dataloader, "dataset", None)
+        try:
+            total = len(dataset) if dataset is not None else None
+        except TypeError:  # iterable dataset: nothing was repeated to even out batches
+            total = None
+    rows = merge_rank_batches(per_rank, total)
+    return rows if len(rows) else np.zeros((0, width))

@@ -18,8 +18,7 @@ import torch
 from ._compat import is_causal_lm, unwrap_model
 from .base import ConfigurationError, FtCallback, require_evaluations
 from .core.label_metrics import LabelAccumulator, LabelReport, compute_label_metrics
-from .core.perplexity import merge_rank_batches
-from .distributed import all_gather_objects, is_distributed
+from .distributed import gather_eval_rows
 from .reporting import EvaluationContext, _print, notice_once
 
 # Scalars LabelScorer can add to an evaluation's metrics (with the evaluation's prefix, e.g. eval_).
@@ -248,20 +247,8 @@ class LabelScorer(FtCallback):
 
     # -- evaluation --------------------------------------------------------------------------
     def _gather(self, ctx: EvaluationContext) -> np.ndarray | None:
-        """Every rank's rows in dataset order, or None when a batch could not be read on some rank
-        (metrics over part of the eval set would be silently wrong)."""
         batches, self._batches = self._batches, []
-        per_rank = all_gather_objects(batches) if is_distributed() else [batches]
-        if any(batch is None for rank_batches in per_rank for batch in rank_batches):
-            return None
-        if is_distributed():
-            dataset = getattr(ctx.eval_dataloader, "dataset", None)
-            try:
-                total = len(dataset) if dataset is not None else None
-            except TypeError:
-                total = None
-            return merge_rank_batches(per_rank, total)
-        return np.concatenate(batches, axis=0) if batches else np.zeros((0, 0))
+        return gather_eval_rows(batches, ctx.eval_dataloader, width=0)
 
     @staticmethod
     def _labels_from_dataset(ctx: EvaluationContext, count: int) -> np.ndarray:

@@ -13,9 +13,9 @@ from transformers.trainer_callback import ExportableState
 from ._compat import processing_class
 from .base import ConfigurationError, FtCallback, _Hub, monitor_skipped, require_evaluations
 from .core.modes import check_mode, is_improvement, normalize_metric_name
-from .core.perplexity import TokenLossTotals, merge_rank_batches, safe_exp
+from .core.perplexity import TokenLossTotals, safe_exp
 from .core.stopping import OverfitPolicy, StopDecision
-from .distributed import all_gather_objects, broadcast_from_main, is_distributed
+from .distributed import broadcast_from_main, gather_eval_rows
 from .records import read_json, write_record
 from .reporting import EvaluationContext, _print, notice_once, report_event
 from .token_loss import TokenLossProbe, mean_or_nan
@@ -347,23 +347,13 @@ class OverfitGuard(FtCallback, ExportableState):
         self._last_log_step = ctx.step
 
     def _eval_totals(self, ctx: EvaluationContext) -> TokenLossTotals:
-        batches = self.probe.take("eval")
         totals = TokenLossTotals()
-        per_rank = all_gather_objects(batches) if is_distributed() else [batches]
-        if any(batch is None for rank_batches in per_rank for batch in rank_batches):
+        rows = gather_eval_rows(self.probe.take("eval"), ctx.eval_dataloader, width=3)
+        if rows is None:
             # Sums over part of the eval set would be silently wrong: fall back for this evaluation.
             notice_once("ppl_hole", "OverfitGuard could not read some evaluation batch on some rank; that "
                         "evaluation's perplexity falls back to exp(eval_loss).")  # fmt: skip
             return totals
-        if is_distributed():
-            dataset = getattr(ctx.eval_dataloader, "dataset", None)
-            try:
-                total = len(dataset) if dataset is not None else None
-            except TypeError:  # iterable dataset: nothing was repeated to even out batches
-                total = None
-            rows = merge_rank_batches(per_rank, total)
-        else:
-            rows = np.concatenate(batches, axis=0) if batches else np.zeros((0, 3))
         if len(rows):
             totals.add(rows[:, 0].sum(), int(rows[:, 1].sum()), int(rows[:, 2].sum()))
         return totals
