@@ -31,7 +31,7 @@ from transformers.trainer_callback import ExportableState
 from .base import ConfigurationError, FtCallback, _Hub, monitor_skipped, require_evaluations
 from .core.modes import Mode, check_mode, is_finite, is_improvement, normalize_metric_name
 from .distributed import broadcast_from_main, is_distributed
-from .records import _fsync_path, write_json_atomic
+from .records import fsync_path, write_json_atomic
 from .reporting import SINK, EvaluationContext, _print, notice_once, report_event, warn
 
 MANIFEST = "best_checkpoints.json"
@@ -134,8 +134,8 @@ def _fsync_tree(root: str | os.PathLike) -> int:
         for name in files:
             path = os.path.join(dirpath, name)
             total += os.path.getsize(path)
-            _fsync_path(path)
-        _fsync_path(dirpath, directory=True)
+            fsync_path(path)
+        fsync_path(dirpath, directory=True)
     return total
 
 
@@ -613,7 +613,7 @@ class BestCheckpointSaver(FtCallback, ExportableState):
             size = _fsync_tree(tmp)
             self._write_manifest(out, pending=[name])  # whatever happens next, `name` is known to be ours
             os.replace(tmp, final)  # the checkpoint appears complete, or not at all
-            _fsync_path(out, directory=True)
+            fsync_path(out, directory=True)
         except Exception:  # a kill or KeyboardInterrupt leaves the folder aside; the next start removes it
             _remove_tree(tmp)
             raise

@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 
-def _fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
+def fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
     except OSError:
@@ -37,7 +37,7 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
         except OSError:
             pass
         raise
-    _fsync_path(os.path.dirname(path) or ".", directory=True)
+    fsync_path(os.path.dirname(path) or ".", directory=True)
 
 
 def _jsonable(value: Any) -> Any:

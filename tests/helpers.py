@@ -119,34 +119,46 @@ def torchrun_command(script: str | os.PathLike, *script_args: str | os.PathLike)
 
 
 
-def run_torchrun(
-    script: str | os.PathLike, *script_args: str | os.PathLike, wandb_dir: str | os.PathLike | None = None,
+def run_launcher(
+    command: list[str], wandb_dir: str | os.PathLike | None = None, hf_home: str | os.PathLike | None = None,
     timeout: float = 240,
 ) -> tuple[int, str, float]:
-    """Run a script under `torchrun_command` in its own process group, offline wandb in `wandb_dir`
-    (or wandb disabled). On timeout the whole group is killed and the test fails: a hang is a failure,
+    """Run a launcher command (torchrun, accelerate launch) in its own process group, offline wandb in
+    `wandb_dir` (or wandb disabled), HF_HOME in `hf_home` when given (so no accelerate config of the
+    machine is read). On timeout the whole group is killed and the test fails: a hang is a failure,
     never a stuck suite. Returns (exit code, combined output, seconds)."""
     import signal
     import time
 
     import pytest
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "RANK", "LOCAL_RANK", "MASTER_"))}
+    skip = ("WANDB_", "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_", "ACCELERATE_", "HF_HOME")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
     env.update({"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_SILENT": "true"})
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    if hf_home is not None:
+        env["HF_HOME"] = str(hf_home)
+    elif "HF_HOME" in os.environ:
+        env["HF_HOME"] = os.environ["HF_HOME"]
     if wandb_dir is None:
         env["WANDB_MODE"] = "disabled"
     else:
         env.update({"WANDB_MODE": "offline", "WANDB_DIR": str(wandb_dir)})
     start = time.monotonic()
-    proc = subprocess.Popen(
-        torchrun_command(script, *script_args), cwd=REPO, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
-        pytest.fail(f"torchrun did not finish within {timeout:.0f}s (hang?). Output tail:\n{out[-6000:]}")
+        pytest.fail(f"{command[2]} did not finish within {timeout:.0f}s (hang?). Output tail:\n{out[-6000:]}")
     return proc.returncode, out, time.monotonic() - start
+
+
+def run_torchrun(
+    script: str | os.PathLike, *script_args: str | os.PathLike, wandb_dir: str | os.PathLike | None = None,
+    timeout: float = 240,
+) -> tuple[int, str, float]:
+    """`run_launcher` for `torchrun --nproc_per_node 2` on a script."""
+    return run_launcher(torchrun_command(script, *script_args), wandb_dir=wandb_dir, timeout=timeout)

@@ -25,10 +25,7 @@ import json
 import math
 import os
 import re
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -36,7 +33,7 @@ import pytest
 from ft_callbacks.best_checkpoint import INFO_FILE, MANIFEST, TMP_PREFIX
 from ft_callbacks.core.modes import is_improvement
 
-from .helpers import REPO, free_port, run_torchrun, wandb_history
+from .helpers import free_port, run_launcher, run_torchrun, wandb_history
 
 SCRIPTS = Path(__file__).resolve().parent / "dist_scripts"
 KIT = SCRIPTS / "kit_ddp.py"
@@ -57,33 +54,6 @@ def accelerate_command(script: str | os.PathLike, *script_args: str | os.PathLik
         "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
         str(script), *map(str, script_args),
     ]  # fmt: skip
-
-
-def run_launcher(
-    command: list[str], wandb_dir: str | os.PathLike | None, hf_home: str | os.PathLike, timeout: float = 240
-) -> tuple[int, str, float]:
-    """Like helpers.run_torchrun for any launcher command: its own process group, offline wandb in
-    `wandb_dir` (or disabled), HF_HOME in `hf_home` (so no accelerate default config of the machine
-    is read); on timeout the whole group is killed and the test fails with the output tail."""
-    skip = ("WANDB_", "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_", "ACCELERATE_", "HF_HOME")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
-    env.update({"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_SILENT": "true"})
-    env["HF_HOME"] = str(hf_home)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    if wandb_dir is None:
-        env["WANDB_MODE"] = "disabled"
-    else:
-        env.update({"WANDB_MODE": "offline", "WANDB_DIR": str(wandb_dir)})
-    start = time.monotonic()
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"{command[2]} did not finish within {timeout:.0f}s (hang?). Output tail:\n{out[-6000:]}")
-    return proc.returncode, out, time.monotonic() - start
 
 
 def records(out_dir: Path) -> list[dict]:

@@ -9,8 +9,6 @@ the weights they hold at the end.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from helpers import lm_trainer  # noqa: E402
 
 from ft_callbacks import toy  # noqa: E402
 from ft_callbacks.best_checkpoint import BestCheckpointSaver  # noqa: E402
+from ft_callbacks.records import write_record  # noqa: E402
 
 
 def main() -> None:
@@ -58,10 +57,7 @@ def main() -> None:
         "ranking": saver.ranking.state_dict(),
         "weights_checksum": weights,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f"rank{rank}.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, out_dir / f"rank{rank}.json")
+    write_record(out_dir / f"rank{rank}.json", record)  # atomic
     dist.barrier()
     dist.destroy_process_group()
 

@@ -10,8 +10,6 @@ Each rank writes OUT_DIR/rank{R}.json.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -22,6 +20,7 @@ TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS.parent))
 
 from ft_callbacks import GenerationScorer, toy  # noqa: E402
+from ft_callbacks.records import write_record  # noqa: E402
 from tests.helpers import lm_trainer  # noqa: E402
 from tests.test_generation_scorer import prompt_pairs  # noqa: E402
 
@@ -68,10 +67,7 @@ def main() -> None:
         alone = GenerationScorer(prompts, references, metrics=("exact_match",), max_new_tokens=8, batch_size=2)
         alone._prepare(trainer.model, tokenizer)
         record["alone"] = alone._generate_indices(trainer.model, tokenizer, list(range(9)), 9, None, False)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f"rank{rank}.json.tmp"
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, out_dir / f"rank{rank}.json")
+    write_record(out_dir / f"rank{rank}.json", record)  # atomic
     dist.barrier()
     dist.destroy_process_group()
 

@@ -21,7 +21,6 @@ wandb (offline). Each rank writes OUT_DIR/rank{R}.json with what it saw:
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -37,6 +36,7 @@ TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS.parent))
 
 from ft_callbacks import BestCheckpointSaver, GenerationScorer, OverfitGuard, toy  # noqa: E402
+from ft_callbacks.records import write_record as write_json  # noqa: E402
 from tests.helpers import lm_trainer  # noqa: E402
 
 NUM_PROMPTS = 7  # odd: rank 0 generates 4 prompts, rank 1 three (plus one padding call)
@@ -125,10 +125,7 @@ def write_record(kit: dict[str, Any], out_dir: Path, **extra: Any) -> dict[str, 
         **kit["probes"],
         **extra,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f"rank{rank}.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, out_dir / f"rank{rank}.json")
+    write_json(out_dir / f"rank{rank}.json", record)  # atomic
     return record
 
 

@@ -20,7 +20,6 @@ The generative faults run the kit of kit_ddp.py. Each rank that finishes writes 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -99,6 +98,7 @@ def label_kit(options: dict[str, Any], faults: list[tuple[str, int, int]]) -> No
 
     import ft_callbacks.label_scorer as label_scorer_module
     from ft_callbacks import BestCheckpointSaver, LabelScorer, toy
+    from ft_callbacks.records import write_record as write_json
     from tests.test_label_scorer import NAMES3, classifier_trainer, topic
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(options["tokenizer_dir"])
@@ -135,10 +135,7 @@ def label_kit(options: dict[str, Any], faults: list[tuple[str, int, int]]) -> No
         record["hand_accuracy"] = float(skm.accuracy_score(labels, probs.argmax(1)))
         record["hand_log_loss"] = float(skm.log_loss(labels, probs, labels=[0, 1, 2]))
         record["hand_support"] = np.bincount(labels, minlength=3).tolist()
-    options["out_dir"].mkdir(parents=True, exist_ok=True)
-    tmp = options["out_dir"] / f"rank{me}.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, options["out_dir"] / f"rank{me}.json")
+    write_json(options["out_dir"] / f"rank{me}.json", record)  # atomic
 
 
 def main() -> None:

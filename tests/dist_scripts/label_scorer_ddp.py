@@ -11,8 +11,6 @@ compare with sklearn. Each rank writes OUT_DIR/rank{R}.json.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -24,6 +22,7 @@ TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS.parent))
 
 from ft_callbacks import LabelScorer, toy  # noqa: E402
+from ft_callbacks.records import write_record  # noqa: E402
 from tests.test_label_scorer import NAMES3, classifier_trainer, topic  # noqa: E402
 
 
@@ -48,10 +47,7 @@ def main() -> None:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         record["hand_probabilities"] = logits.double().softmax(-1).tolist()
         record["hand_labels"] = batch["labels"].tolist()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f"rank{rank}.json.tmp"
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, out_dir / f"rank{rank}.json")
+    write_record(out_dir / f"rank{rank}.json", record)  # atomic
     dist.barrier()
     dist.destroy_process_group()
 

@@ -23,9 +23,7 @@ wrapper type and per-rank weight checksums so the test can prove DDP really sync
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -41,6 +39,7 @@ from helpers import lm_trainer  # noqa: E402
 
 from ft_callbacks import toy  # noqa: E402
 from ft_callbacks.overfit_guard import OverfitGuard  # noqa: E402
+from ft_callbacks.records import write_record  # noqa: E402
 
 TRAIN_SIZE = 24
 EVAL_SIZE = 61
@@ -183,10 +182,7 @@ def main() -> None:
             "model_wrapper": [hand.wrappers.get(e["step"]) for e in evals],
         }
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f"rank{rank}.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, out_dir / f"rank{rank}.json")
+    write_record(out_dir / f"rank{rank}.json", record)  # atomic
     dist.barrier()
     dist.destroy_process_group()
 
