@@ -324,3 +324,17 @@ def test_resume_keeps_the_baseline_history_and_samples(tokenizer, corpus, tmp_pa
     assert entry["step"] == 20
     assert entry["eval_rougeL_delta"] == pytest.approx(entry["eval_rougeL"] - first.baseline_scores["rougeL"])
     assert sorted({row[0] for row in resumed.table_rows}) == [0, 10, 20]
+
+
+def test_background_auto_scores_in_a_thread_only_with_spare_cpu(tokenizer, monkeypatch):
+    import os
+
+    model = toy.tiny_gpt2(tokenizer)
+    auto = GenerationScorer(["a"], ["b"], metrics=("exact_match",))
+    forced = GenerationScorer(["a"], ["b"], metrics=("exact_match",), background=True)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # torch already uses every core
+    assert not auto._background_pays(model) and forced._background_pays(model)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # a core to spare
+    assert auto._background_pays(model)
+    assert not GenerationScorer(["a"], ["b"], metrics=("exact_match",), background=False)._background_pays(model)
