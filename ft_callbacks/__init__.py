@@ -3,7 +3,11 @@
     from ft_callbacks import BestCheckpointSaver, OverfitGuard
     trainer = Trainer(..., callbacks=[OverfitGuard(), BestCheckpointSaver(monitor="eval_perplexity")])
 
-`ft_callbacks.best_checkpoint.best_checkpoint(output_dir)` finds the best saved checkpoint.
+Also: `GenerationScorer` (periodic generation scored with ROUGE, BLEU, BERTScore against a step-0
+baseline), `LabelScorer` / `label_metrics()` (classification metrics identical to scikit-learn),
+`score_texts` / `TextScorer` (the same text scores outside training), `callbacks_from_config`
+(validated YAML/JSON configs). `ft_callbacks.best_checkpoint.best_checkpoint(output_dir)` finds the
+best saved checkpoint; the `ft-callbacks` command runs the demo, reports, scoring and config checks.
 """
 
 from .base import ConfigurationError, FtCallback
