@@ -662,7 +662,7 @@ class GenerationScorer(FtCallback, ExportableState):
     def _media(self, prefix: str, rows: list[list[Any]], per_sample: dict[str, list[Any]]) -> dict[str, Callable]:
         columns = list(self._table_columns)
         with self._lock:
-            everything = [list(r) for r in self.table_rows]
+            everything = list(self.table_rows)  # rows are never changed once made: a shallow copy
         media: dict[str, Callable] = {f"{prefix}/generation_samples": lambda wandb: wandb.Table(columns=columns,
                                                                                                data=everything)}
         ranking = next((n for n in _RANKING_SCORES if n in per_sample), None)
