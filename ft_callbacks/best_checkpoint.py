@@ -30,7 +30,8 @@ from transformers.trainer_callback import ExportableState
 
 from .base import ConfigurationError, FtCallback, _Hub, monitor_skipped, require_evaluations
 from .core.modes import Mode, check_mode, is_finite, is_improvement, normalize_metric_name
-from .distributed import broadcast_from_main, is_distributed
+from .distributed import all_gather_objects, broadcast_from_main, is_distributed
+from .engines import Engine, find_trainer, full_state_dict, load_full_state_dict, sharded_engine, zero3_config_error
 from .records import fsync_path, write_json_atomic
 from .reporting import SINK, EvaluationContext, _print, notice_once, report_event, warn
 
@@ -161,31 +162,6 @@ def _remove_tree(path: str | os.PathLike) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-# -- engines --------------------------------------------------------------------------------------
-def _sharded_engine(args: Any) -> str | None:
-    """'FSDP' or 'DeepSpeed ZeRO-3' when parameters are sharded across ranks, else None."""
-    if getattr(args, "fsdp", None) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
-        return "FSDP"
-    try:
-        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-
-        if is_deepspeed_zero3_enabled():
-            return "DeepSpeed ZeRO-3"
-    except ImportError:  # pragma: no cover
-        pass
-    config = getattr(args, "deepspeed", None)
-    if config:
-        try:
-            if isinstance(config, (str, os.PathLike)):
-                with open(config) as f:
-                    config = json.load(f)
-            if int(config.get("zero_optimization", {}).get("stage", 0)) == 3:
-                return "DeepSpeed ZeRO-3"
-        except (OSError, ValueError, AttributeError, TypeError):
-            pass
-    return None
-
-
 def _is_peft(model: Any) -> bool:
     try:
         from peft import PeftModel
@@ -194,19 +170,11 @@ def _is_peft(model: Any) -> bool:
     return isinstance(model, PeftModel)
 
 
-def load_weights_into(model: Any, folder: str | os.PathLike) -> None:
-    """Put the weights saved in `folder` (by `save_pretrained`) back into `model`, in place."""
+def read_saved_weights(folder: str | os.PathLike) -> dict[str, Any]:
+    """The weights `save_pretrained` wrote in `folder` (one file or an index of shards)."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    if _is_peft(model):
-        from peft import set_peft_model_state_dict
-
-        adapter = folder / "adapter_model.safetensors"
-        if not adapter.exists():
-            raise FileNotFoundError(f"{folder} has no adapter_model.safetensors")
-        set_peft_model_state_dict(model, load_file(str(adapter)))
-        return
     single = folder / "model.safetensors"
     index = folder / "model.safetensors.index.json"
     if single.exists():
@@ -219,7 +187,24 @@ def load_weights_into(model: Any, folder: str | os.PathLike) -> None:
     state: dict[str, Any] = {}
     for path in files:
         state.update(load_file(str(path)))
-    result = model.load_state_dict(state, strict=False)
+    return state
+
+
+def load_weights_into(model: Any, folder: str | os.PathLike) -> None:
+    """Put the weights saved in `folder` (by `save_pretrained`) back into `model`, in place (a model
+    whose parameters are whole on this process: single process, DDP, ZeRO-1/2)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if _is_peft(model):
+        from peft import set_peft_model_state_dict
+
+        adapter = folder / "adapter_model.safetensors"
+        if not adapter.exists():
+            raise FileNotFoundError(f"{folder} has no adapter_model.safetensors")
+        set_peft_model_state_dict(model, load_file(str(adapter)))
+        return
+    result = model.load_state_dict(read_saved_weights(folder), strict=False)
     # save_pretrained leaves out tied weights (e.g. lm_head = embeddings); anything else is an error.
     tied = set()
     for getter in ("all_tied_weights_keys", "_tied_weights_keys"):
@@ -262,8 +247,11 @@ class BestCheckpointSaver(FtCallback, ExportableState):
       (console, `best/save_error` in log_history and the wandb summary) and training goes on; the next
       improvement is saved normally. `"stop"` stops training at that evaluation instead, with the reason;
     - under DDP (and DeepSpeed ZeRO-1/2) rank 0 writes the one copy and every rank waits for it (and
-      learns whether it failed, so all ranks continue or stop together); FSDP and ZeRO-3 (sharded
-      parameters) are refused with a clear error.
+      learns whether it failed, so all ranks continue or stop together). Under FSDP and DeepSpeed
+      ZeRO-3 (sharded parameters) every rank first joins the engine's own gather of the full weights
+      (`ft_callbacks.engines`; ZeRO-3 needs `stage3_gather_16bit_weights_on_model_save: true`, checked
+      before training), then rank 0 writes the same files; `load_best_at_end` spreads rank 0's copy
+      back through the engine.
     """
 
     def __init__(
@@ -317,6 +305,8 @@ class BestCheckpointSaver(FtCallback, ExportableState):
         self._optimizer: Any = None
         self._scheduler: Any = None
         self._resolved_dir: str | None = None
+        self._trainer: Any = None  # the Trainer running us, under sharded engines
+        self._engine: Engine | None = None
 
     # -- state ---------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -347,13 +337,7 @@ class BestCheckpointSaver(FtCallback, ExportableState):
     def on_train_begin(self, args, state, control, **kwargs):
         super().on_train_begin(args, state, control, **kwargs)
         require_evaluations(args, "BestCheckpointSaver", "saves after evaluations")
-        engine = _sharded_engine(args)
-        if engine is not None:
-            raise ConfigurationError(
-                f"BestCheckpointSaver does not support {engine}: the parameters are sharded across ranks and "
-                "gathering them is collective, which a callback cannot do the Trainer's way. Use the Trainer's "
-                "save_strategy='best' with metric_for_best_model instead."
-            )
+        self._check_engine(kwargs.get("model"))
         if self.save_optimizer and getattr(args, "deepspeed", None):
             raise ConfigurationError(
                 "save_optimizer=True is not supported under DeepSpeed (its optimizer state is partitioned); "
@@ -402,6 +386,32 @@ class BestCheckpointSaver(FtCallback, ExportableState):
                 "best_restored",
                 f"BestCheckpointSaver resumed at step {state.global_step}: best {self.monitor} "
                 f"{self.ranking.best_value:.6g} at step {self.ranking.best_step}, {len(self.ranking.entries)} kept.",
+            )
+
+    def _check_engine(self, model: Any) -> None:
+        """Sharded parameters (FSDP, ZeRO-3): every save and load is a collective through the engine."""
+        self._trainer = find_trainer(self)
+        self._engine = sharded_engine(model, self._trainer)
+        if self._engine is None:
+            return
+        if self._trainer is None:
+            raise ConfigurationError(
+                f"BestCheckpointSaver under {self._engine} must be run by a transformers Trainer (trainer.train()): "
+                "the sharded weights are gathered through the Trainer's engine."
+            )
+        if self._engine == "DeepSpeed ZeRO-3":
+            error = zero3_config_error(self._trainer)
+            if error:
+                raise ConfigurationError(f"BestCheckpointSaver: {error}")
+        if self.save_optimizer:
+            raise ConfigurationError(
+                f"save_optimizer=True is not supported under {self._engine} (the optimizer state is sharded); use "
+                "save_optimizer=False (weights only) and the Trainer's own checkpoints for resuming."
+            )
+        if self.load_best_at_end and _is_peft(model):
+            raise ConfigurationError(
+                f"load_best_at_end=True is not supported for a PEFT model under {self._engine}; load the best adapter "
+                "after training: PeftModel.from_pretrained(base_model, best_checkpoint(output_dir))."
             )
 
     @staticmethod
@@ -539,9 +549,21 @@ class BestCheckpointSaver(FtCallback, ExportableState):
         out = self._dir(ctx.args)
         step = ctx.step
         result: dict[str, Any] | None = None
+        weights = None
+        if self._engine is not None:
+            # Sharded parameters: every rank joins the engine's gather; rank 0 receives the full weights.
+            error = None
+            try:
+                weights = full_state_dict(self._engine, ctx.model, self._trainer)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            errors = [e for e in all_gather_objects(error) if e]
+            if errors:
+                self._save_failed(ctx, step, {"error": errors[0], "kind": f"gather:{errors[0]}"})
+                return None
         if ctx.is_main:
             try:
-                result = self._write_checkpoint(ctx, out, step, value)
+                result = self._write_checkpoint(ctx, out, step, value, weights)
             except Exception as exc:  # disk full, permissions: keep the previous best
                 # One kind per distinct error: the errno, not the file name, tells two failures apart.
                 kind = f"{type(exc).__name__}:{getattr(exc, 'errno', None) or exc}"
@@ -580,7 +602,9 @@ class BestCheckpointSaver(FtCallback, ExportableState):
         if ctx.is_main and (first or self.on_save_error == "stop"):
             _print(f"[ft_callbacks] {message}")
 
-    def _write_checkpoint(self, ctx: EvaluationContext, out: str, step: int, value: float) -> dict[str, Any]:
+    def _write_checkpoint(
+        self, ctx: EvaluationContext, out: str, step: int, value: float, weights: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         start = time.monotonic()
         model = ctx.model
         if model is None:
@@ -595,7 +619,8 @@ class BestCheckpointSaver(FtCallback, ExportableState):
         tmp = os.path.join(out, f"{TMP_PREFIX}{step}-{os.getpid()}")
         _remove_tree(tmp)
         try:
-            model.save_pretrained(tmp)  # PEFT models write their adapter only
+            # PEFT models write their adapter only; `weights` are the gathered ones of a sharded model.
+            model.save_pretrained(tmp, **({"state_dict": weights} if weights is not None else {}))
             processor = ctx.processing_class
             if processor is not None and hasattr(processor, "save_pretrained"):
                 processor.save_pretrained(tmp)
@@ -676,6 +701,7 @@ class BestCheckpointSaver(FtCallback, ExportableState):
     def on_train_end(self, args, state, control, **kwargs):
         super().on_train_end(args, state, control, **kwargs)
         self._training = False
+        trainer, self._trainer = self._trainer, None  # no reference cycle kept past training
         out = self._dir(args)
         best = self.ranking.best
         if best is None:
@@ -685,7 +711,11 @@ class BestCheckpointSaver(FtCallback, ExportableState):
         folder = os.path.join(out, best.path)
         if self.load_best_at_end:
             model = kwargs.get("model")
-            load_weights_into(model, folder)  # every rank: all must hold the same weights
+            if self._engine is None:
+                load_weights_into(model, folder)  # every rank: all must hold the same weights
+            else:  # collective: rank 0 reads the file, the engine spreads it
+                weights = read_saved_weights(folder) if state.is_world_process_zero else {}
+                load_full_state_dict(self._engine, model, weights, trainer)
             if state.is_world_process_zero:
                 _print(f"[ft_callbacks] BestCheckpointSaver loaded the best weights from {best.path}.")
         if state.is_world_process_zero:

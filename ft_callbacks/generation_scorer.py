@@ -33,6 +33,7 @@ from .core.label_metrics import compute_label_metrics, match_label_texts
 from .core.modes import normalize_metric_name
 from .core.text_scores import KNOWN_METRICS, TextScorer
 from .distributed import all_gather_objects, broadcast_from_main, is_distributed, rank, world_size
+from .engines import find_trainer, generation_context, sharded_engine
 from .records import read_json, write_record
 from .reporting import SINK, EvaluationContext, _print, _run_name, notice_once, summary_key
 
@@ -195,6 +196,7 @@ class GenerationScorer(FtCallback, ExportableState):
         self._references: list[Any] = []
         self._evals_seen = 0
         self._executor: ThreadPoolExecutor | None = None
+        self._trainer: Any = None  # the Trainer running us (found at train begin)
         # Background rounds in order: step, prefix, scoring, texts, is_baseline.
         self._pending: list[tuple[int, str, Future, list[str], bool]] = []
         self._lock = threading.Lock()
@@ -269,6 +271,7 @@ class GenerationScorer(FtCallback, ExportableState):
             require_evaluations(args, "GenerationScorer", "scores at evaluations", alternative)
         model = kwargs.get("model")
         tokenizer = processing_class(kwargs)
+        self._trainer = find_trainer(self)  # FSDP1 generates inside its wrapper's gather
         self._prepare(model, tokenizer)
         self._sync = not self._background_pays(model)
         if state.global_step > 0:
@@ -496,7 +499,7 @@ class GenerationScorer(FtCallback, ExportableState):
         base = unwrap_model(model)
         config = self._generation_config(base, tokenizer)
         device = next(base.parameters()).device
-        synced = _collective_generation(base)
+        synced = sharded_engine(base, self._trainer) is not None  # every rank joins each forward
         positions = sorted(range(len(indices)), key=lambda k: len(self._prompt_ids[indices[k]]))
         batches = [positions[i : i + self.batch_size] for i in range(0, len(positions), self.batch_size)]
         progress = None
@@ -508,7 +511,7 @@ class GenerationScorer(FtCallback, ExportableState):
         gen_model.eval()
         results: dict[int, str] = {}
         try:
-            with torch.no_grad():
+            with torch.no_grad(), generation_context(self._trainer):
                 for batch in batches:
                     seqs = [self._prompt_ids[indices[k]] for k in batch]
                     input_ids, mask = _pad(seqs, config.pad_token_id, left=self.decoder_only)
@@ -757,6 +760,7 @@ class GenerationScorer(FtCallback, ExportableState):
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+        self._trainer = None
         if state.is_world_process_zero and (self.history or self.baseline_scores):
             self._write_record(args)
         super().on_train_end(args, state, control, **kwargs)
@@ -782,23 +786,6 @@ def _pad(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, 
             ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
             mask[row, : len(seq)] = 1
     return ids, mask
-
-
-def _collective_generation(model: Any) -> bool:
-    """Whether every rank must take part in each generation step (sharded weights)."""
-    try:
-        from transformers.integrations import is_deepspeed_zero3_enabled
-
-        if is_deepspeed_zero3_enabled():
-            return True
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from transformers.integrations.fsdp import is_fsdp_managed_module
-
-        return bool(is_fsdp_managed_module(model))
-    except ImportError:  # pragma: no cover
-        return False
 
 
 __all__ = ["GenerationScorer"]
