@@ -6,6 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU build of torch; override TORCH_SPEC to use another build.
 TORCH_SPEC ?= torch==2.13.0
+DEEPSPEED_SPEC ?= deepspeed==0.19.8
 export WANDB_MODE ?= offline
 
 .PHONY: setup demo test test-fast test-oldest lint bench clean
@@ -17,6 +18,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# DeepSpeed for the ZeRO-3 tests (its CPU accelerator runs ZeRO-3 here). It ships as source only;
+	# no build isolation, so it builds against the torch above (an isolated build would fetch another).
+	$(BIN)/python -m pip install -q setuptools wheel
+	$(BIN)/python -m pip install -q --no-build-isolation "$(DEEPSPEED_SPEC)"
 	touch $@
 
 demo: setup
@@ -26,7 +31,7 @@ lint: setup
 	$(BIN)/python -m ruff check .
 
 test: setup lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+	FT_CALLBACKS_REQUIRE_DEEPSPEED=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not distributed"

@@ -110,10 +110,10 @@ def improving_steps(record: dict, monitor: str, mode: str) -> list[int]:
     return steps
 
 
-def assert_ranks_agree_and_stop_together(r0: dict, r1: dict) -> None:
+def assert_ranks_agree_and_stop_together(r0: dict, r1: dict, wrapper: str = "DistributedDataParallel") -> None:
     assert (r0["rank"], r1["rank"]) == (0, 1)
     assert r0["world_size"] == r1["world_size"] == 2
-    assert r0["model_wrapper"] == r1["model_wrapper"] == "DistributedDataParallel"
+    assert r0["model_wrapper"] == r1["model_wrapper"] == wrapper
     # The gap rule stopped both ranks at the same step, before max_steps.
     assert r0["stop_rule"] == r1["stop_rule"] == "gap"
     assert r0["stop_step"] == r1["stop_step"] == r0["global_step"] == r1["global_step"] < MAX_STEPS
