@@ -7,11 +7,12 @@ Also: `GenerationScorer` (periodic generation scored with ROUGE, BLEU, BERTScore
 baseline), `LabelScorer` / `label_metrics()` (classification metrics identical to scikit-learn),
 `score_texts` / `TextScorer` (the same text scores outside training), `callbacks_from_config`
 (validated YAML/JSON configs). `ft_callbacks.best_checkpoint.best_checkpoint(output_dir)` finds the
-best saved checkpoint; the `ft-callbacks` command runs the demo, reports, scoring and config checks.
+best saved checkpoint, `last_complete_checkpoint(output_dir)` the Trainer checkpoint to resume from
+after a kill; the `ft-callbacks` command runs the demo, reports, scoring and config checks.
 """
 
 from .base import ConfigurationError, FtCallback
-from .best_checkpoint import BestCheckpointSaver, CheckpointRanking
+from .best_checkpoint import BestCheckpointSaver, CheckpointRanking, last_complete_checkpoint
 from .config import callbacks_from_config
 from .core import GapRule, OverfitPolicy, PlateauRule, StopDecision, TokenLossTotals, infer_mode
 from .core.text_scores import TextScorer, TextScores, score_texts
@@ -42,5 +43,6 @@ __all__ = [
     "callbacks_from_config",
     "infer_mode",
     "label_metrics",
+    "last_complete_checkpoint",
     "score_texts",
 ]

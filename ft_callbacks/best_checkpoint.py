@@ -32,7 +32,7 @@ from .base import ConfigurationError, FtCallback, _Hub, monitor_skipped, require
 from .core.modes import Mode, check_mode, is_finite, is_improvement, normalize_metric_name
 from .distributed import all_gather_objects, broadcast_from_main, is_distributed
 from .engines import Engine, find_trainer, full_state_dict, load_full_state_dict, sharded_engine, zero3_config_error
-from .records import fsync_path, write_json_atomic
+from .records import fsync_path, read_json, write_json_atomic
 from .reporting import SINK, EvaluationContext, _print, notice_once, report_event, warn
 
 MANIFEST = "best_checkpoints.json"
@@ -156,6 +156,25 @@ def best_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     if not manifest or not manifest.get("best"):
         return None
     return Path(output_dir) / manifest["best"]
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest of the Trainer's own `checkpoint-N` folders that is complete: what to pass to
+    `trainer.train(resume_from_checkpoint=...)` after a crash or kill.
+
+    transformers' `get_last_checkpoint` returns the highest-numbered folder even when a kill cut its
+    writing short, and resuming from that one fails (or loses the optimizer state). The Trainer writes
+    a checkpoint in place with `trainer_state.json` last, so complete means: that file parses and
+    records step N. None when no checkpoint is complete (start afresh)."""
+    found = []
+    for folder in Path(output_dir).glob("checkpoint-*"):
+        match = re.fullmatch(r"checkpoint-(\d+)", folder.name)
+        if match is None or not folder.is_dir():
+            continue
+        state = read_json(folder / "trainer_state.json")
+        if isinstance(state, dict) and state.get("global_step") == int(match.group(1)):
+            found.append((int(match.group(1)), folder))
+    return max(found)[1] if found else None
 
 
 def _remove_tree(path: str | os.PathLike) -> None:

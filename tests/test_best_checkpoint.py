@@ -28,6 +28,7 @@ from ft_callbacks.best_checkpoint import (
     CheckpointRanking,
     best_checkpoint,
     checkpoint_name,
+    last_complete_checkpoint,
     read_manifest,
 )
 from ft_callbacks.core.modes import is_improvement
@@ -283,6 +284,27 @@ def test_without_manifest_the_ranking_comes_from_trainer_state(tokenizer, corpus
     again.on_train_begin(trainer.args, state, None)
     assert again.ranking.state_dict() == first.ranking.state_dict()
     assert read_manifest(out)["checkpoints"] == before["checkpoints"]  # and the manifest is written again
+
+
+def test_last_complete_checkpoint_skips_trainer_checkpoints_a_kill_cut_short(tokenizer, corpus, tmp_path):
+    """The Trainer writes checkpoint-N in place, trainer_state.json last. A kill while writing leaves a
+    folder without it (or with it torn); transformers' get_last_checkpoint still picks that folder."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = tmp_path / "out"
+    trainer = lm_trainer(tokenizer, corpus, out, [], max_steps=10, eval_steps=5, save_strategy="steps", save_steps=5)
+    trainer.train()
+    assert last_complete_checkpoint(out) == out / "checkpoint-10"
+    state = out / "checkpoint-10" / "trainer_state.json"
+    state.write_text(state.read_text()[: len(state.read_text()) // 2])  # torn mid-write
+    shutil.copytree(out / "checkpoint-5", out / "checkpoint-15")
+    (out / "checkpoint-15" / "trainer_state.json").unlink()  # killed before its last file
+    assert get_last_checkpoint(str(out)) == str(out / "checkpoint-15")
+    assert last_complete_checkpoint(out) == out / "checkpoint-5"
+    assert last_complete_checkpoint(tmp_path / "empty") is None
+    resumed = lm_trainer(tokenizer, corpus, out, [], max_steps=10, eval_steps=5, save_strategy="no")
+    resumed.train(resume_from_checkpoint=str(last_complete_checkpoint(out)))
+    assert resumed.state.global_step == 10
 
 
 # -- bad input before training --------------------------------------------------------------------

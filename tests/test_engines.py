@@ -33,6 +33,7 @@ from .test_kit_distributed import (
     PROMPTS,
     SCRIPTS,
     Run,
+    _launch,
     assert_generation_sharded_and_scored_once,
     assert_one_set_of_checkpoints,
     assert_one_wandb_run_each_evaluation_once,
@@ -65,13 +66,8 @@ def require_deepspeed() -> None:
 @pytest.fixture(scope="module")
 def zero3_kit(tok_dir, tmp_path_factory) -> Run:
     require_deepspeed()
-    root = tmp_path_factory.mktemp("kit_zero3")
-    (root / "wandb_root").mkdir()
-    rc, output, seconds = run_torchrun(
-        KIT, tok_dir, root / "out", "engine=zero3", "load_best=1", "background=off", "monitor=eval_perplexity",
-        wandb_dir=root / "wandb_root", timeout=400,
-    )  # fmt: skip
-    return Run(root, rc, output, seconds)
+    return _launch(tmp_path_factory, "kit_zero3", tok_dir, KIT, "engine=zero3", "load_best=1", "background=off",
+                   "monitor=eval_perplexity")  # fmt: skip
 
 
 def test_zero3_kit_partitions_the_weights_and_the_ranks_agree(zero3_kit):
@@ -144,6 +140,18 @@ def test_zero3_load_best_at_end_leaves_the_best_weights_on_every_rank(zero3_kit)
     assert r0["weights_checksum"] == pytest.approx(saved, rel=1e-12)
     assert r1["weights_checksum"] == r0["weights_checksum"]
     assert "BestCheckpointSaver loaded the best weights from " + manifest["best"] in zero3_kit.output
+
+
+def test_zero2_kit_saves_the_ddp_way(tok_dir, tmp_path_factory):
+    """ZeRO-2 partitions the optimizer state and gradients, not the weights: rank 0 writes from the
+    whole model it holds, with no gather, and the ranks agree as under DDP."""
+    require_deepspeed()
+    run = _launch(tmp_path_factory, "kit_zero2", tok_dir, KIT, "engine=zero2", "background=off",
+                  "monitor=eval_perplexity")  # fmt: skip
+    r0, r1 = run.ok()
+    assert r0["held_fraction"] == r1["held_fraction"] == 1.0
+    assert_ranks_agree_and_stop_together(r0, r1, wrapper="DeepSpeedEngine")
+    assert_one_set_of_checkpoints(run, r0, r1, "eval_perplexity", "min")
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 from transformers import GPT2LMHeadModel
 
-from ft_callbacks.best_checkpoint import MANIFEST, TMP_PREFIX, best_checkpoint
+from ft_callbacks.best_checkpoint import MANIFEST, TMP_PREFIX, best_checkpoint, last_complete_checkpoint
 from ft_callbacks.records import read_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,6 +138,9 @@ def _check_after_kill(out: Path, reference: dict[str, Any]) -> dict[str, Any]:
     checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     notes["partial_trainer_checkpoint"] = [p.name for p in checkpoints if not (p / "trainer_state.json").exists()]
     notes["checkpoints"] = [p.name for p in checkpoints]
+    # What to resume from: the newest complete one, never a folder the kill cut short.
+    complete = [p for p in checkpoints if p.name not in notes["partial_trainer_checkpoint"]]
+    assert last_complete_checkpoint(out) == (complete[-1] if complete else None)
     return notes
 
 

@@ -2,7 +2,7 @@
 `torchrun --nproc_per_node 2` and under `accelerate launch --multi_gpu --num_processes 2` (CPU, gloo).
 
 usage: kit_ddp.py TOKENIZER_DIR OUT_DIR [monitor=METRIC] [background=default|off] [max_steps=N]
-                  [eval_steps=N] [engine=ddp|zero3] [load_best=0|1]
+                  [eval_steps=N] [engine=ddp|zero2|zero3] [load_best=0|1]
 
 A tiny GPT-2 trains on 8 docstrings (global batch 8: it overfits fast) with, together,
 OverfitGuard(patience=2), BestCheckpointSaver(monitor=METRIC, keep=100: every improvement stays on
@@ -18,7 +18,8 @@ wandb (offline). Each rank writes OUT_DIR/rank{R}.json with what it saw:
 - `held_fraction`: the share of the weights' elements this rank held when training began;
 - `samples`: the generation table rows (step, prompt, reference, generation, scores).
 
-`engine=zero3` trains under DeepSpeed ZeRO-3 (CPU accelerator, gloo; tests/test_engines.py);
+`engine=zero3` / `engine=zero2` train under DeepSpeed ZeRO-3 / ZeRO-2 (CPU accelerator, gloo;
+tests/test_engines.py);
 `load_best=1` sets BestCheckpointSaver(load_best_at_end=True).
 
 `build_kit` and `write_record` are reused by kit_rank_error.py.
@@ -112,7 +113,11 @@ def build_kit(tokenizer_dir: str, out_dir: Path, monitor: str, background: bool 
 
     saver._write_checkpoint = counting_write
     guard = OverfitGuard(patience=2, **guard_options)
-    engine_args: dict[str, Any] = {"deepspeed": ZERO3} if engine == "zero3" else {}
+    engine_args: dict[str, Any] = {}
+    if engine == "zero3":
+        engine_args["deepspeed"] = ZERO3
+    elif engine == "zero2":  # optimizer state and gradients partitioned, weights whole on every rank
+        engine_args["deepspeed"] = {**ZERO3, "zero_optimization": {"stage": 2}}
     trainer = lm_trainer(
         tokenizer, corpus, out_dir / "trainer", [PartitionProbe(probes), guard, saver, scorer], train_size=8,
         eval_size=30, max_steps=max_steps, eval_steps=eval_steps, logging_steps=eval_steps,
