@@ -163,11 +163,36 @@ def test_zero2_kit_saves_the_ddp_way(tok_dir, tmp_path_factory):
 )
 def test_zero3_mistakes_fail_before_the_first_step(case, message, tok_dir, tmp_path):
     require_deepspeed()
-    rc, output, _ = run_torchrun(SCRIPTS / "zero3_bad_input.py", tok_dir, tmp_path, case, timeout=300)
+    rc, output, _ = run_torchrun(SCRIPTS / "zero3_cases.py", tok_dir, tmp_path, case, timeout=300)
     assert rc != 0
     assert "ConfigurationError" in output and message in output, output[-6000:]
     assert not (tmp_path / "steps.json").exists()  # not one training step
 
+
+
+def test_zero3_peft_saves_the_adapter_only_and_it_reproduces_its_step(tok_dir, tmp_path):
+    """LoRA under ZeRO-3: DeepSpeed gathers the whole model, PEFT's save_pretrained keeps the adapter.
+    On the (seeded) base model in a single process, the best adapter gives the logged token loss."""
+    from peft import PeftModel
+    from transformers import PreTrainedTokenizerFast
+
+    require_deepspeed()
+    rc, output, _ = run_torchrun(SCRIPTS / "zero3_cases.py", tok_dir, tmp_path, "peft_save", timeout=300)
+    assert rc == 0, output[-6000:]
+    r0, r1 = records(tmp_path)
+    assert r0["saves"] == r1["saves"] and len(r0["saves"]) >= 2 and r0["evals"] == r1["evals"]
+    out = tmp_path / "trainer"
+    manifest = json.loads((out / "best_checkpoints.json").read_text())
+    best = out / manifest["best"]
+    assert (best / "adapter_model.safetensors").is_file() and not (best / "model.safetensors").exists()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("best-")) == sorted(
+        e["path"] for e in manifest["checkpoints"]
+    )
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
+    model = PeftModel.from_pretrained(toy.tiny_gpt2(tokenizer), str(best))
+    evaluation = toy.causal_lm_dataset(toy.stdlib_corpus()[200:264], tokenizer, 48)  # lm_trainer's eval set
+    logged = next(e for e in r0["evals"] if e["step"] == manifest["best_step"])
+    assert _token_loss(model, evaluation, tokenizer) == pytest.approx(logged["eval_token_loss"], rel=1e-5)
 
 # -- 2. FSDP2 -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
