@@ -259,8 +259,10 @@ class BestCheckpointSaver(FtCallback, ExportableState):
       True also writes `optimizer.pt` and `scheduler.pt`;
     - `load_best_at_end=True`: the best weights are loaded back into the model when training ends
       (works with `save_strategy="no"`);
-    - `upload_to_wandb=True`: the best checkpoint is logged as a wandb Artifact (type "model",
-      alias "best") when training ends, offline runs included (`wandb sync` uploads it later);
+    - `upload_to_wandb=True` (or "end"): the best checkpoint is logged as a wandb Artifact (type
+      "model", aliases "best" and "step-N") when training ends, offline runs included (`wandb sync`
+      uploads it later); "every_best" logs each new best as a new version of that artifact right after
+      it is saved (the "best" alias moves to it), so a run that dies later still has its best in wandb;
     - `on_save_error="continue"`: a save that fails (disk full, permissions) leaves the previous best
       and the manifest as they were, removes its partial files, is reported once per distinct error
       (console, `best/save_error` in log_history and the wandb summary) and training goes on; the next
@@ -281,7 +283,7 @@ class BestCheckpointSaver(FtCallback, ExportableState):
         keep: int = 1,
         save_optimizer: bool = False,
         load_best_at_end: bool = False,
-        upload_to_wandb: bool = False,
+        upload_to_wandb: bool | Literal["end", "every_best"] = False,
         artifact_name: str | None = None,
         output_dir: str | None = None,
         on_save_error: Literal["continue", "stop"] = "continue",
@@ -312,7 +314,16 @@ class BestCheckpointSaver(FtCallback, ExportableState):
         self.min_delta = float(min_delta)
         self.save_optimizer = bool(save_optimizer)
         self.load_best_at_end = bool(load_best_at_end)
-        self.upload_to_wandb = bool(upload_to_wandb)
+        if upload_to_wandb not in (True, False, "end", "every_best"):
+            raise ConfigurationError(
+                f"upload_to_wandb={upload_to_wandb!r} is not valid: use False, True (same as 'end'), 'end' or "
+                "'every_best'."
+            )
+        # "end": once, when training ends; "every_best": each new best as soon as it is saved.
+        self.upload_to_wandb: Literal["end", "every_best"] | None = (
+            "end" if upload_to_wandb is True else (upload_to_wandb or None)
+        )
+        self._uploaded_step: int | None = None
         self.artifact_name = artifact_name
         self.output_dir = output_dir
         self.on_save_error = on_save_error
@@ -558,6 +569,8 @@ class BestCheckpointSaver(FtCallback, ExportableState):
         ctx.add_summary("best/checkpoint", record["path"])
         ctx.add_summary("best/save_seconds", record["seconds"])
         ctx.add_summary("best/save_bytes", record["bytes"])
+        if self.upload_to_wandb == "every_best" and ctx.is_main and self.ranking.best is not None:
+            self._upload(ctx.args, os.path.join(self._dir(ctx.args), record["path"]), self.ranking.best)
         ctx.console.append(
             f"saved {record['path']} ({record['bytes'] / 1e6:.2f} MB in {record['seconds']:.2f}s)"
             + (f", pruned {', '.join(record['pruned'])}" if record["pruned"] else "")
@@ -738,8 +751,8 @@ class BestCheckpointSaver(FtCallback, ExportableState):
             if state.is_world_process_zero:
                 _print(f"[ft_callbacks] BestCheckpointSaver loaded the best weights from {best.path}.")
         if state.is_world_process_zero:
-            if self.upload_to_wandb:
-                self._upload(args, folder, best)
+            if self.upload_to_wandb == "end" or (self.upload_to_wandb and self._uploaded_step != best.step):
+                self._upload(args, folder, best)  # "every_best" uploaded it already, unless that failed
             report_event(
                 args,
                 state,
@@ -762,5 +775,6 @@ class BestCheckpointSaver(FtCallback, ExportableState):
             )
             artifact.add_dir(folder)
             run.log_artifact(artifact, aliases=["best", f"step-{best.step}"])
+            self._uploaded_step = best.step
         except Exception as exc:
             notice_once("best_artifact", f"could not log the best checkpoint to wandb ({type(exc).__name__}: {exc}).")

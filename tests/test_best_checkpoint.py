@@ -74,6 +74,7 @@ def test_ranking_max_mode_keep_one_never_prunes_the_best_and_round_trips():
         ({"mode": "up"}, "mode='up'"),
         ({"monitor": 3}, "monitor=3"),
         ({"min_delta": -1.0}, "min_delta=-1.0"),
+        ({"upload_to_wandb": "always"}, "upload_to_wandb='always'"),
     ],
 )
 def test_bad_settings_fail_at_construction(kwargs, match):
@@ -225,6 +226,28 @@ def test_monitors_another_callbacks_metric_beside_the_trainers_rotation(
 
 
 # -- resume ---------------------------------------------------------------------------------------
+def test_every_best_uploads_each_new_best_as_it_is_saved(tokenizer, corpus, tmp_path, wandb_offline):
+    """upload_to_wandb="every_best": one artifact version per save, logged at that save (so a run that
+    dies later keeps its best in wandb), the files of that checkpoint; nothing more at train end."""
+    out = tmp_path / "out"
+    saver = BestCheckpointSaver("eval_loss", keep=1, upload_to_wandb="every_best")
+    trainer = lm_trainer(tokenizer, corpus, out, [saver], max_steps=30, report_to="wandb")
+    trainer.train()
+    wandb.finish()
+    assert len(saver.saves) >= 2  # pruned locally (keep=1), every version stays in wandb
+    records = wandb_records(wandb_offline)
+    artifacts = [r["artifact"] for r in records if r.get("type") == "artifact" and r["artifact"]["type"] == "model"]
+    steps = [int(next(a for a in art["aliases"] if a.startswith("step-"))[5:]) for art in artifacts]
+    assert steps == [s["step"] for s in saver.saves]
+    assert all("best" in art["aliases"] for art in artifacts)
+    assert len({art["name"] for art in artifacts}) == 1  # versions of one artifact
+    # Each version holds the checkpoint saved at its step (its info file names that step).
+    for art, step in zip(artifacts, steps, strict=True):
+        files = {c["path"] for c in art["manifest"]["contents"]}
+        assert {"model.safetensors", "config.json", "best_checkpoint.json"} <= files
+        assert art["metadata"] and json.loads(art["metadata"])["step"] == step
+
+
 def test_resume_keeps_the_ranking_and_repairs_a_manifest_pointing_to_a_deleted_dir(tokenizer, corpus, tmp_path):
     out = tmp_path / "out"
     settings = {"max_steps": 40, "save_strategy": "steps", "save_steps": 20, "eval_steps": 5, "train_size": 40}
