@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import callbacks_from_config, training_arguments_from_config
+from .reporting import SINK
 
 TRAIN_TEXTS = 48
 EVAL_TEXTS = 96
@@ -104,9 +105,14 @@ def run_demo(
     callbacks = callbacks_from_config(config, overrides=list(overrides), prompts=prompts, references=references)
     if report_to is None:
         try:
-            import wandb  # noqa: F401
+            import wandb
 
             report_to = "wandb"
+            # The Trainer's own WandbCallback starts the run, and without a login it stops with "No API
+            # key configured": the demo logs offline then, as it promises (WANDB_MODE set by the user wins).
+            if not os.environ.get("WANDB_MODE") and not SINK._has_api_key(wandb):
+                os.environ["WANDB_MODE"] = "offline"
+                wandb.teardown()  # the key lookup cached wandb's settings; the next run reads the mode anew
         except ImportError:
             report_to = "none"
     args = training_arguments_from_config(

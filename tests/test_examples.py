@@ -21,11 +21,16 @@ def test_causal_lm_example_stops_early(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_stops_early_keeps_the_best_and_scores_rise(tmp_path, capsys):
+def test_demo_stops_early_keeps_the_best_and_scores_rise(tmp_path, capsys, monkeypatch):
     from ft_callbacks.best_checkpoint import read_manifest
     from ft_callbacks.demo import run_demo
 
+    # A fresh machine: no WANDB_MODE and no wandb login (a HOME without credentials). The Trainer's
+    # own WandbCallback would stop with "No API key configured"; the demo logs offline instead.
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     result = run_demo(tmp_path / "demo", show_progress=False)
+    assert result.wandb_dir and "offline-run-" in str(result.wandb_dir)
     assert result.stop_step is not None and result.stop_step == result.global_step < 400
     assert "gap" in result.stop_reason
     manifest = read_manifest(tmp_path / "demo")
