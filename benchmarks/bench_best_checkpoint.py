@@ -44,13 +44,9 @@ Results are printed and written to benchmarks/results_best_checkpoint.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
-import io
-import json
 import math
 import os
-import platform
 import random
 import statistics
 import sys
@@ -59,15 +55,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ["WANDB_MODE"] = "disabled"
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/<script>` finds the package
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks._common import (
+    ROOT,
+    CostMeter,
+    block_bootstrap_ci,
+    bootstrap_median_ci,
+    environment,
+    median,
+    noop_callback,
+    pass_fail,
+    print_rows,
+    print_verdict,
+    quiet,
+    training_args,
+    tree_bytes,
+    write_json,
+)
 
 RESULTS_PATH = ROOT / "benchmarks" / "results_best_checkpoint.json"
 SEED = 0
@@ -105,29 +110,13 @@ BASELINES = ("steps", "best")
 # ---------------------------------------------------------------------------------------------------
 # shared helpers
 # ---------------------------------------------------------------------------------------------------
-def _quiet(verbose: bool):
-    """Swallow the Trainer's and the callbacks' console lines during timed runs (errors still raise)."""
-    return contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-
-
 def _training_args(output_dir: str, **overrides: Any):
-    from transformers import TrainingArguments
-
     settings: dict[str, Any] = {
-        "output_dir": output_dir,
         "per_device_train_batch_size": 8,
         "per_device_eval_batch_size": 16,
-        "save_strategy": "no",
-        "report_to": "none",
         "learning_rate": 3e-3,
-        "use_cpu": True,
-        "disable_tqdm": True,
-        "seed": SEED,
-        "data_seed": SEED,
-        "dataloader_num_workers": 0,
     }
-    settings.update(overrides)
-    return TrainingArguments(**settings)
+    return training_args(output_dir, SEED, **{**settings, **overrides})
 
 
 def _trainer(lm: dict[str, Any], train, evaluation, output_dir: str, callbacks: list[Any], **overrides: Any):
@@ -147,19 +136,6 @@ def _trainer(lm: dict[str, Any], train, evaluation, output_dir: str, callbacks: 
     )
 
 
-def _median(values: list[float]) -> float:
-    return float(statistics.median(values)) if values else math.nan
-
-
-def _tree_bytes(root: str | os.PathLike) -> int:
-    total = 0
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.path.getsize(os.path.join(dirpath, name))
-    return total
-
-
 def _io_counters() -> dict[str, int] | None:
     """This process's I/O counters (all its threads), or None where /proc/self/io cannot be read."""
     try:
@@ -167,37 +143,6 @@ def _io_counters() -> dict[str, int] | None:
             return {key: int(value) for key, value in (line.split(":") for line in f if ":" in line)}
     except (OSError, ValueError):
         return None
-
-
-def _bootstrap_ci(values: list[float], n_boot: int = 4000) -> tuple[float, float]:
-    """95% interval of the median of independent values (one per repeat)."""
-    import numpy as np
-
-    data = np.asarray(values, dtype=float)
-    if len(data) < 2:
-        return (math.nan, math.nan)
-    rng = np.random.default_rng(SEED)
-    medians = np.median(data[rng.integers(0, len(data), size=(n_boot, len(data)))], axis=1)
-    low, high = np.percentile(medians, [2.5, 97.5])
-    return float(low), float(high)
-
-
-def _block_bootstrap_ci(
-    pairs: list[list[tuple[float, ...]]], block: int = 10, n_boot: int = 2000, on: int = 0, off: int = 1
-) -> tuple[float, float]:
-    """95% interval of the median of on/off ratios over pairs, resampling blocks of consecutive pairs
-    (the machine's load drifts, so neighbouring steps are not independent)."""
-    import numpy as np
-
-    blocks = [np.asarray(run[i : i + block]) for run in pairs for i in range(0, len(run), block)]
-    blocks = [b for b in blocks if len(b)]
-    rng = np.random.default_rng(SEED)
-    ratios = []
-    for _ in range(n_boot):
-        sample = np.concatenate([blocks[i] for i in rng.integers(0, len(blocks), size=len(blocks))])
-        ratios.append(float(np.median(sample[:, on] / sample[:, off])))
-    low, high = np.percentile(ratios, [2.5, 97.5])
-    return float(low), float(high)
 
 
 def _timed_method(obj: Any, name: str, sink: list[float]) -> None:
@@ -229,7 +174,7 @@ def _save_recorder():
 
         def on_save(self, args, state, control, **kwargs):
             folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-            self.saves.append({"step": int(state.global_step), "bytes": _tree_bytes(folder)})
+            self.saves.append({"step": int(state.global_step), "bytes": tree_bytes(folder)})
 
     return SaveRecorder()
 
@@ -272,13 +217,13 @@ def _train_run(variant: str, lm: dict[str, Any], verbose: bool) -> dict[str, Any
             _timed_method(saver, "_save", save_seconds)
         else:
             _timed_method(trainer, "_save_checkpoint", save_seconds)
-        with _quiet(verbose):
+        with quiet(verbose):
             io_before = _io_counters()
             start, start_cpu = time.perf_counter(), time.process_time()
             trainer.train()
             wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
             io_after = _io_counters()
-        final_bytes = _tree_bytes(out)
+        final_bytes = tree_bytes(out)
         final_entries = sorted(os.listdir(out))
     history = trainer.state.log_history
     if saver is not None:
@@ -338,7 +283,7 @@ def bench_training_runs(cfg: dict[str, Any], lm: dict[str, Any], verbose: bool) 
         print(f"  round {label}: {line}", flush=True)
 
     have_io = all(run["wchar"] is not None for rs in runs.values() for run in rs)
-    control_wchar = _median([run["wchar"] for run in runs["none"]]) if have_io else math.nan
+    control_wchar = median([run["wchar"] for run in runs["none"]]) if have_io else math.nan
     losses = [run["eval_losses"] for rs in runs.values() for run in rs]
     reference = losses[0]
     same_losses = all(
@@ -354,22 +299,22 @@ def bench_training_runs(cfg: dict[str, Any], lm: dict[str, Any], verbose: bool) 
         net = [run["wchar"] - control_wchar for run in rs] if have_io else []
         per_variant[variant] = {
             "setting": VARIANTS[variant],
-            "checkpoints_written": _median([run["checkpoints_written"] for run in rs]),
+            "checkpoints_written": median([run["checkpoints_written"] for run in rs]),
             "checkpoints_written_each_run": [run["checkpoints_written"] for run in rs],
             "saved_steps": rs[0]["saved_steps"],
-            "bytes_written_wchar_net": _median(net) if net else None,
+            "bytes_written_wchar_net": median(net) if net else None,
             "bytes_written_wchar_net_range": [min(net), max(net)] if net else None,
-            "bytes_written_wchar_raw": _median([run["wchar"] for run in rs]) if have_io else None,
-            "bytes_written_files": _median([run["file_bytes_written"] for run in rs]),
-            "write_bytes": _median([run["write_bytes"] for run in rs]) if have_io else None,
-            "cancelled_write_bytes": _median([run["cancelled_write_bytes"] for run in rs]) if have_io else None,
-            "final_output_dir_bytes": _median([run["final_bytes"] for run in rs]),
+            "bytes_written_wchar_raw": median([run["wchar"] for run in rs]) if have_io else None,
+            "bytes_written_files": median([run["file_bytes_written"] for run in rs]),
+            "write_bytes": median([run["write_bytes"] for run in rs]) if have_io else None,
+            "cancelled_write_bytes": median([run["cancelled_write_bytes"] for run in rs]) if have_io else None,
+            "final_output_dir_bytes": median([run["final_bytes"] for run in rs]),
             "final_output_dir_entries": rs[0]["final_entries"],
-            "wall_s_median": _median([run["wall_s"] for run in rs]),
+            "wall_s_median": median([run["wall_s"] for run in rs]),
             "wall_s_each_run": [run["wall_s"] for run in rs],
-            "cpu_s_median": _median([run["cpu_s"] for run in rs]),
-            "save_s_median": _median([run["save_s"] for run in rs]),
-            "save_s_per_checkpoint_median": _median(per_save) if (per_save := _per_save_seconds(rs)) else None,
+            "cpu_s_median": median([run["cpu_s"] for run in rs]),
+            "save_s_median": median([run["save_s"] for run in rs]),
+            "save_s_per_checkpoint_median": median(per_save) if (per_save := _per_save_seconds(rs)) else None,
         }
         # the two byte counts must tell the same story (the gap: manifests, trainer_state rewrites, ...)
         if have_io and per_variant[variant]["bytes_written_files"]:
@@ -406,15 +351,15 @@ def bench_training_runs(cfg: dict[str, Any], lm: dict[str, Any], verbose: bool) 
                     "bytes_ratio_file_accounting": files_ratio,
                     "final_dir_bytes_ratio": per_variant[ours]["final_output_dir_bytes"]
                     / per_variant[base]["final_output_dir_bytes"],
-                    "wall_ratio": _median(wall_ratios),
-                    "wall_ratio_ci95": list(_bootstrap_ci(wall_ratios)),
+                    "wall_ratio": median(wall_ratios),
+                    "wall_ratio_ci95": bootstrap_median_ci(wall_ratios, seed=SEED),
                     "wall_ratio_each_run": wall_ratios,
                     # noise only ever adds time: the fastest runs are another robust estimate
                     "wall_ratio_of_fastest": min(r["wall_s"] for r in runs[ours])
                     / min(r["wall_s"] for r in runs[base]),
-                    "save_time_ratio": _median(save_ratios),
-                    "save_time_ratio_ci95": list(_bootstrap_ci(save_ratios)),
-                    "wall_overhead_vs_control_s": {"ours": _median(overhead_ours), "baseline": _median(overhead_base)},
+                    "save_time_ratio": median(save_ratios),
+                    "save_time_ratio_ci95": bootstrap_median_ci(save_ratios, seed=SEED),
+                    "wall_overhead_vs_control_s": {"ours": median(overhead_ours), "baseline": median(overhead_base)},
                     "bytes_target_max_ratio": BYTES_TARGET if primary else None,
                     "bytes_pass": bytes_ratio < BYTES_TARGET if primary else None,
                 }
@@ -447,32 +392,6 @@ def bench_training_runs(cfg: dict[str, Any], lm: dict[str, Any], verbose: bool) 
 # The Trainer events that run at every training step (on_log too, when logging); the saver handles
 # on_step_begin itself and inherits the others as no-ops, all of which a step pays for.
 STEP_EVENTS = ("on_step_begin", "on_substep_end", "on_pre_optimizer_step", "on_optimizer_step", "on_step_end", "on_log")
-
-
-class CostMeter:
-    """Wall time spent inside the saver's per-step event handlers, timed directly."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-
-    def timed(self, fn):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - start
-
-        return wrapper
-
-
-def _noop_callback():
-    from transformers import TrainerCallback
-
-    class NoOpCallback(TrainerCallback):
-        """Stands in for the saver in the harness check (A/A): switched the same way, does nothing."""
-
-    return NoOpCallback()
 
 
 def _step_switch_class():
@@ -548,7 +467,7 @@ def bench_step_time(cfg: dict[str, Any], lm: dict[str, Any], verbose: bool, noop
     label = "no-op" if noop else "saver"
     runs: list[list[tuple[float, float, float, float, float]]] = []
     for run in range(runs_n):
-        target = _noop_callback() if noop else BestCheckpointSaver(monitor="eval_loss")
+        target = noop_callback() if noop else BestCheckpointSaver(monitor="eval_loss")
         switch = StepSwitch(target, seed=SEED + run)
         gc.collect()
         with tempfile.TemporaryDirectory(prefix="bench-best-step-") as out:
@@ -563,7 +482,7 @@ def bench_step_time(cfg: dict[str, Any], lm: dict[str, Any], verbose: bool, noop
                 eval_steps=max_steps + 1,
                 logging_steps=max_steps + 1,
             )
-            with _quiet(verbose):
+            with quiet(verbose):
                 trainer.train()
         if not noop:
             # transformers 5 evaluates once more when training ends (max_steps % eval_steps != 0), so the
@@ -574,19 +493,19 @@ def bench_step_time(cfg: dict[str, Any], lm: dict[str, Any], verbose: bool, noop
         assert len(pairs) == timed_pairs, f"expected {timed_pairs} timed pairs, got {len(pairs)}"
         runs.append(pairs)
         print(
-            f"  run {run + 1}/{runs_n}: median step {label} on {_median([p[0] for p in pairs]) * 1e3:.2f} ms, "
-            f"off {_median([p[1] for p in pairs]) * 1e3:.2f} ms, "
-            f"paired ratio {_median([p[0] / p[1] for p in pairs]):.4f}",
+            f"  run {run + 1}/{runs_n}: median step {label} on {median([p[0] for p in pairs]) * 1e3:.2f} ms, "
+            f"off {median([p[1] for p in pairs]) * 1e3:.2f} ms, "
+            f"paired ratio {median([p[0] / p[1] for p in pairs]):.4f}",
             flush=True,
         )
     every = [p for run in runs for p in run]
-    on_median = _median([p[0] for p in every])
-    off_median = _median([p[1] for p in every])
-    direct_median = _median([p[2] for p in every])
-    ratio = _median([p[0] / p[1] for p in every])
-    ci = _block_bootstrap_ci(runs)
-    cpu_ratio = _median([p[3] / p[4] for p in every])
-    cpu_ci = _block_bootstrap_ci(runs, on=3, off=4)
+    on_median = median([p[0] for p in every])
+    off_median = median([p[1] for p in every])
+    direct_median = median([p[2] for p in every])
+    ratio = median([p[0] / p[1] for p in every])
+    ci = block_bootstrap_ci(runs, seed=SEED)
+    cpu_ratio = median([p[3] / p[4] for p in every])
+    cpu_ci = block_bootstrap_ci(runs, seed=SEED, on=3, off=4)
     return {
         "treatment": "a no-op TrainerCallback (harness check, A/A)"
         if noop
@@ -603,11 +522,11 @@ def bench_step_time(cfg: dict[str, Any], lm: dict[str, Any], verbose: bool, noop
         "ratio": ratio,
         "ratio_ci95": list(ci),
         "ratio_of_pooled_medians": on_median / off_median,
-        "run_ratios": [_median([p[0] / p[1] for p in r]) for r in runs],
+        "run_ratios": [median([p[0] / p[1] for p in r]) for r in runs],
         "direct_cost_median_s": direct_median,
         "direct_cost_mean_s": statistics.fmean(p[2] for p in every),
-        "cpu_on_median_step_s": _median([p[3] for p in every]),
-        "cpu_off_median_step_s": _median([p[4] for p in every]),
+        "cpu_on_median_step_s": median([p[3] for p in every]),
+        "cpu_off_median_step_s": median([p[4] for p in every]),
         "cpu_ratio": cpu_ratio,
         "cpu_ratio_ci95": list(cpu_ci),
         "direct_cost_ratio": (off_median + direct_median) / off_median,
@@ -621,10 +540,6 @@ def bench_step_time(cfg: dict[str, Any], lm: dict[str, Any], verbose: bool, noop
 # ---------------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------------
-def _pf(flag: bool | None) -> str:
-    return "info" if flag is None else ("PASS" if flag else "FAIL")
-
-
 def _mb(n_bytes: float | None) -> str:
     return "-" if n_bytes is None else f"{n_bytes / MB:.2f} MB"
 
@@ -659,7 +574,7 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, s
                     _mb(bytes_of(base)),
                     f"{comp['bytes_ratio']:.3f}",
                     f"< {BYTES_TARGET:g}",
-                    _pf(comp["bytes_pass"]),
+                    pass_fail(comp["bytes_pass"]),
                 )
             )
             rows.append(
@@ -712,7 +627,7 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, s
             f"{st['off_median_step_s'] * 1e3:.2f} ms",
             f"{st['ratio']:.4f}",
             f"<= {STEP_TIME_TARGET}",
-            _pf(st["pass"]),
+            pass_fail(st["pass"]),
         )
     )
     low, high = st["ratio_ci95"]
@@ -725,7 +640,7 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, s
             f"{st['off_median_step_s'] * 1e3:.2f} ms",
             f"{st['direct_cost_ratio']:.5f}",
             f"<= {STEP_TIME_TARGET}",
-            _pf(st["direct_cost_pass"]),
+            pass_fail(st["direct_cost_pass"]),
         )
     )
     low, high = st["cpu_ratio_ci95"]
@@ -756,18 +671,7 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, s
 
 def print_table(results: dict[str, Any]) -> None:
     rows = table_rows(results)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-
-    def render(row: tuple[str, ...]) -> str:
-        pairs = zip(row, widths, strict=True)
-        return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(pairs))
-
-    lines = [render(r) for r in rows]
-    print()
-    print(lines[0])
-    print("-" * len(lines[0]))
-    for line in lines[1:]:
-        print(line)
+    print_rows(rows)
     tr = results["training_runs"]
     print(
         f"bytes: {tr['bytes_measure']}; ratios of medians over {tr['repeats']} interleaved repeats. "
@@ -849,14 +753,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {
         "mode": "full" if args.full else "quick",
         "config": cfg,
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "cpus": os.cpu_count(),
-            "torch_threads": args.threads,
-            "platform": platform.platform(),
-        },
+        "environment": environment(args.threads),
         "training_runs": training,
         "step_time": step_time,
     }
@@ -864,13 +761,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print_table(results)
     results["all_pass"] = bool(training["pass"] and step_time["pass"])
     results["table"] = [list(r) for r in table_rows(results)]
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2, default=float) + "\n")
-    print(
-        f"\nall targets {'PASS' if results['all_pass'] else 'NOT MET'}; "
-        f"{results['elapsed_s']:.0f} s; results written to {output}"
-    )
+    output = write_json(results, args.output)
+    print_verdict(results, output)
     results["exit_code"] = 1 if args.strict and not results["all_pass"] else 0
     return results
 

@@ -62,12 +62,8 @@ Results are printed (also as a markdown table) and written to benchmarks/results
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import json
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -75,15 +71,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ["WANDB_MODE"] = "disabled"
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/<script>` finds the package
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks._common import ROOT, environment, pass_fail, print_rows, quiet, table_lines, training_args, write_json
 
 RESULTS_PATH = ROOT / "benchmarks" / "results_early_stopping.json"
 HF_PATIENCE = 3
@@ -127,11 +117,6 @@ LABELS = {
 # ---------------------------------------------------------------------------------------------------
 # runs
 # ---------------------------------------------------------------------------------------------------
-def _quiet(verbose: bool):
-    """Swallow the Trainer's and the callbacks' console lines (errors still raise)."""
-    return contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-
-
 def _prepare(cfg: dict[str, Any]) -> dict[str, Any]:
     from ft_callbacks import toy
 
@@ -147,28 +132,17 @@ def _prepare(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _training_args(output_dir: str, cfg: dict[str, Any], seed: int, **overrides: Any):
-    from transformers import TrainingArguments
-
     settings: dict[str, Any] = {
-        "output_dir": output_dir,
         "per_device_train_batch_size": cfg["train_batch_size"],
         "per_device_eval_batch_size": cfg["eval_batch_size"],
         "max_steps": cfg["max_steps"],
         "eval_strategy": "steps",
         "eval_steps": cfg["eval_steps"],
         "logging_steps": cfg["eval_steps"],
-        "save_strategy": "no",
-        "report_to": "none",
         "learning_rate": cfg["learning_rate"],
         "lr_scheduler_type": cfg["lr_scheduler_type"],
-        "use_cpu": True,
-        "disable_tqdm": True,
-        "seed": seed,
-        "data_seed": seed,
-        "dataloader_num_workers": 0,
     }
-    settings.update(overrides)
-    return TrainingArguments(**settings)
+    return training_args(output_dir, seed, **{**settings, **overrides})
 
 
 def _callbacks_and_overrides(method: str, cfg: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
@@ -222,7 +196,7 @@ def run_one(method: str, lm: dict[str, Any], cfg: dict[str, Any], seed: int, siz
             processing_class=lm["tokenizer"],
             callbacks=callbacks,
         )
-        with _quiet(verbose):
+        with quiet(verbose):
             trainer.train()
         curve = [
             {"step": int(e["step"]), **{k: float(e[k]) for k in CURVE_KEYS}}
@@ -230,7 +204,7 @@ def run_one(method: str, lm: dict[str, Any], cfg: dict[str, Any], seed: int, siz
             if "eval_token_loss" in e
         ]
         steps = int(trainer.state.global_step)
-        with _quiet(verbose):
+        with quiet(verbose):
             kept_metrics = trainer.evaluate()  # the weights the model holds now: the kept ones for hf/guard
     record: dict[str, Any] = {
         "method": method,
@@ -462,21 +436,8 @@ def verdict(summary: dict[str, Any], cases: list[dict[str, Any]]) -> dict[str, A
 # ---------------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------------
-def _pf(flag: bool | None) -> str:
-    return "info" if flag is None else ("PASS" if flag else "FAIL")
-
-
 def _pct(x: float) -> str:
     return f"{x * 100:+.2f}%"
-
-
-def _render(rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    for row in rows:
-        pairs = zip(row, widths, strict=True)
-        lines.append("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(pairs)))
-    return lines
 
 
 def print_report(results: dict[str, Any]) -> None:
@@ -498,10 +459,7 @@ def print_report(results: dict[str, Any]) -> None:
             str(g["stop_rule"] or "-"), str(g["stop_lag_evals"]), _pct(g["regret"]), stop(a),
             str(a["stop_lag_evals"]), _pct(a["regret"]),
         ))  # fmt: skip
-    lines = _render(rows)
-    print(lines[0])
-    print("-" * len(lines[0]))
-    print("\n".join(lines[1:]))
+    print("\n".join(table_lines(rows)))
 
     hf, guard, alt, hf2 = summary["hf"], summary["guard"], summary["guard_p2"], summary["hf_p2_replay"]
     rows = [("what", "ours", "baseline", "ratio", "target", "result")]
@@ -512,7 +470,7 @@ def print_report(results: dict[str, Any]) -> None:
             f"{hf['steps_mean']:.1f}",
             f"{guard['steps_ratio_vs_hf']:.3f}",
             "< 1",
-            _pf(ver["steps_pass"]),
+            pass_fail(ver["steps_pass"]),
         )
     )
     rows.append(("  runs with fewer / same / more steps than HF", "", "",
@@ -525,7 +483,7 @@ def print_report(results: dict[str, Any]) -> None:
             "",
             f"{guard['best_loss_ratio_vs_hf_max']:.4f} max",
             f"{n}/{n}",
-            _pf(ver["loss_pass"]),
+            pass_fail(ver["loss_pass"]),
         )
     )
     rows.append(
@@ -600,7 +558,7 @@ def print_report(results: dict[str, Any]) -> None:
             "",
             "",
             f"<= {PREFIX_ATOL:g}",
-            _pf(chk["prefix_max_abs_diff"] <= PREFIX_ATOL),
+            pass_fail(chk["prefix_max_abs_diff"] <= PREFIX_ATOL),
         )
     )
     rows.append(
@@ -610,7 +568,7 @@ def print_report(results: dict[str, Any]) -> None:
             "",
             "",
             "True",
-            _pf(chk["replay_agrees"]),
+            pass_fail(chk["replay_agrees"]),
         )
     )
     rows.append(
@@ -620,14 +578,10 @@ def print_report(results: dict[str, Any]) -> None:
             "",
             "",
             "True",
-            _pf(chk["kept_matches_curve"]),
+            pass_fail(chk["kept_matches_curve"]),
         )
     )
-    lines = _render(rows)
-    print()
-    print(lines[0])
-    print("-" * len(lines[0]))
-    print("\n".join(lines[1:]))
+    print_rows(rows)
 
     cfg = results["config"]
     groups = [("all runs", cases, summary)]
@@ -718,14 +672,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "methods": LABELS,
         "validation_loss": "eval_token_loss (OverfitGuard's exact token-weighted validation NLL); the HF callback "
         "decides on eval_loss",
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "cpus": os.cpu_count(),
-            "torch_threads": args.threads,
-            "platform": platform.platform(),
-        },
+        "environment": environment(args.threads),
         "summary": summary,
         "by_eval_steps": {
             str(every): summarise([c for c in cases if c["eval_steps"] == every]) for every in cfg["eval_steps"]
@@ -735,9 +682,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     results["elapsed_s"] = time.perf_counter() - started
     print_report(results)
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    output = write_json(results, args.output)
     ver = results["verdict"]
     print(
         f"\ntarget ({ver['criterion']}): {'MET' if ver['target_met'] else 'NOT MET'}; measurement checks "

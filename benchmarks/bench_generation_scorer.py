@@ -54,15 +54,10 @@ Results are printed and written to benchmarks/results_generation_scorer.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
-import io
-import json
 import math
 import os
-import platform
 import random
-import statistics
 import sys
 import tempfile
 import threading
@@ -70,15 +65,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ["WANDB_MODE"] = "disabled"
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/<script>` finds the package
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks._common import (
+    ROOT,
+    bootstrap_median_ci,
+    bootstrap_ratio_ci,
+    environment,
+    median,
+    pass_fail,
+    print_rows,
+    prompt_pairs,
+    quiet,
+    training_args,
+    write_json,
+)
 
 RESULTS_PATH = ROOT / "benchmarks" / "results_generation_scorer.json"
 SEED = 0
@@ -117,62 +118,14 @@ FULL = {
 # ---------------------------------------------------------------------------------------------------
 # shared helpers
 # ---------------------------------------------------------------------------------------------------
-def _quiet(verbose: bool):
-    """Swallow the Trainer's and the callbacks' console lines during timed runs (errors still raise)."""
-    return contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-
-
-def _median(values: list[float]) -> float:
-    return float(statistics.median(values)) if values else math.nan
-
-
-def _bootstrap_median_ci(values: list[float], n_boot: int = 2000) -> list[float]:
-    """95% interval of the median of `values` (e.g. per-repeat ratios)."""
-    import numpy as np
-
-    if len(values) < 2:
-        return [math.nan, math.nan]
-    arr = np.asarray(values, dtype=float)
-    rng = np.random.default_rng(SEED)
-    meds = np.median(arr[rng.integers(0, len(arr), size=(n_boot, len(arr)))], axis=1)
-    low, high = np.percentile(meds, [2.5, 97.5])
-    return [float(low), float(high)]
-
-
-def _bootstrap_ratio_ci(a: list[float], b: list[float], n_boot: int = 2000) -> list[float]:
-    """95% interval of median(a) / median(b), a and b resampled independently."""
-    import numpy as np
-
-    if len(a) < 2 or len(b) < 2:
-        return [math.nan, math.nan]
-    xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    rng = np.random.default_rng(SEED)
-    ma = np.median(xa[rng.integers(0, len(xa), size=(n_boot, len(xa)))], axis=1)
-    mb = np.median(xb[rng.integers(0, len(xb), size=(n_boot, len(xb)))], axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        low, high = np.percentile(ma / mb, [2.5, 97.5])
-    return [float(low), float(high)]
-
-
 def _training_args(output_dir: str, **overrides: Any):
-    from transformers import TrainingArguments
-
     settings: dict[str, Any] = {
-        "output_dir": output_dir,
         "per_device_train_batch_size": TRAIN_BATCH_SIZE,
         "per_device_eval_batch_size": 16,
-        "save_strategy": "no",
-        "report_to": "none",
         "learning_rate": 1e-3,
-        "use_cpu": True,
-        "disable_tqdm": True,
-        "seed": SEED,
-        "data_seed": SEED,
-        "dataloader_num_workers": 0,
         "logging_steps": 10**6,
     }
-    settings.update(overrides)
-    return TrainingArguments(**settings)
+    return training_args(output_dir, SEED, **{**settings, **overrides})
 
 
 def _new_model(tokenizer, weights: dict[str, Any] | None = None):
@@ -182,22 +135,6 @@ def _new_model(tokenizer, weights: dict[str, Any] | None = None):
     if weights is not None:
         model.load_state_dict(weights)
     return model
-
-
-def _prompt_pairs(texts: list[str], count: int) -> tuple[list[str], list[str]]:
-    """Prompts of 3 to 20 words (the start of a docstring) and references (the 14 words that follow)."""
-    prompts, references = [], []
-    for text in texts:
-        words = text.split()
-        k = 3 + (len(prompts) * 7) % 18
-        if len(words) < k + 4:
-            continue
-        prompts.append(" ".join(words[:k]))
-        references.append(" ".join(words[k : k + 14]))
-        if len(prompts) == count:
-            break
-    assert len(prompts) == count, f"only {len(prompts)} docstrings are long enough for {count} prompts"
-    return prompts, references
 
 
 def _prepare(cfg: dict[str, Any], verbose: bool) -> dict[str, Any]:
@@ -228,7 +165,7 @@ def _prepare(cfg: dict[str, Any], verbose: bool) -> dict[str, Any]:
             data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
             processing_class=tokenizer,
         )
-        with _quiet(verbose):
+        with quiet(verbose):
             output = trainer.train()
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return {
@@ -287,7 +224,7 @@ def bench_throughput_one(
 
     tokenizer = prep["tokenizer"]
     eos = tokenizer.eos_token_id
-    prompts, references = _prompt_pairs(prep["texts"], cfg["throughput_prompts"])
+    prompts, references = prompt_pairs(prep["texts"], cfg["throughput_prompts"])
     model = _new_model(tokenizer, weights)
     model.eval()
     scorer = GenerationScorer(
@@ -393,10 +330,10 @@ def bench_throughput_one(
         {"prompt_index": i, **_diagnose(model, tokenizer, prompt_ids[i], loop_news[i], batched_texts[i])}
         for i in differing[:10]
     ]
-    batched_s, loop_s = _median(times["batched"]), _median(times["loop"])
+    batched_s, loop_s = median(times["batched"]), median(times["loop"])
     # tokens/s ratio of each repeat (the two ways ran back to back)
     ratios = [(batched_tokens / b) / (loop_tokens / lo) for b, lo in zip(times["batched"], times["loop"], strict=True)]
-    ratio = _median(ratios)
+    ratio = median(ratios)
     cpu_ratios = [
         (batched_tokens / b) / (loop_tokens / lo) for b, lo in zip(cpu_times["batched"], cpu_times["loop"], strict=True)
     ]
@@ -414,7 +351,7 @@ def bench_throughput_one(
         "continuations_ending_in_eos": sum(1 for n in loop_news if eos in n),
         "continuation_lengths_min_median_max": [
             min(per_sample_lengths),
-            _median(per_sample_lengths),
+            median(per_sample_lengths),
             max(per_sample_lengths),
         ],
         "batched_decode_steps": [c["steps"] for c in batched_calls],
@@ -424,17 +361,17 @@ def bench_throughput_one(
         "loop_s": times["loop"],
         "batched_median_s": batched_s,
         "batched_inside_model_generate_s": inside,
-        "scorer_overhead_share": _median(overhead),
+        "scorer_overhead_share": median(overhead),
         "loop_median_s": loop_s,
         "batched_tokens_per_s": batched_tokens / batched_s,
         "loop_tokens_per_s": loop_tokens / loop_s,
         "ratio": ratio,
-        "ratio_ci95": _bootstrap_median_ci(ratios),
+        "ratio_ci95": bootstrap_median_ci(ratios, seed=SEED, n_boot=2000),
         "repeat_ratios": ratios,
         "batched_cpu_s": cpu_times["batched"],
         "loop_cpu_s": cpu_times["loop"],
-        "ratio_cpu_time": _median(cpu_ratios),
-        "ratio_cpu_time_ci95": _bootstrap_median_ci(cpu_ratios),
+        "ratio_cpu_time": median(cpu_ratios),
+        "ratio_cpu_time_ci95": bootstrap_median_ci(cpu_ratios, seed=SEED, n_boot=2000),
         "texts_identical": not differing,
         "texts_differing": len(differing),
         "differences": diagnoses,
@@ -522,7 +459,7 @@ def _stall_run(cfg: dict[str, Any], prep: dict[str, Any], mode: str, verbose: bo
     scorings: list[dict[str, Any]] = []
     callbacks: list[Any] = [probe]
     if mode != "none":
-        prompts, references = _prompt_pairs(prep["texts"], cfg["stall_prompts"])
+        prompts, references = prompt_pairs(prep["texts"], cfg["stall_prompts"])
         scorer = GenerationScorer(
             prompts,
             references,
@@ -548,7 +485,7 @@ def _stall_run(cfg: dict[str, Any], prep: dict[str, Any], mode: str, verbose: bo
             processing_class=tokenizer,
             callbacks=callbacks,
         )
-        with _quiet(verbose):
+        with quiet(verbose):
             t0, cpu0 = time.perf_counter(), time.process_time()
             trainer.train()
             t_end, cpu_end = time.perf_counter(), time.process_time()
@@ -644,12 +581,12 @@ def bench_stall(cfg: dict[str, Any], prep: dict[str, Any], verbose: bool) -> dic
             extra = ""
             if mode != "none":
                 extra = (
-                    f", generation {_median([e['generation_s'] for e in mid]):.2f} s, scoring "
-                    f"{_median([e['scoring_s'] for e in mid]):.2f} s per event"
+                    f", generation {median([e['generation_s'] for e in mid]):.2f} s, scoring "
+                    f"{median([e['scoring_s'] for e in mid]):.2f} s per event"
                 )
             print(
                 f"  round {rnd + 1}/{cfg['stall_rounds']} {mode:10s}: train() {run['train_s']:.2f} s, "
-                f"stall {_median([e['stall_s'] for e in mid]):.3f} s per mid-run evaluation{extra}",
+                f"stall {median([e['stall_s'] for e in mid]):.3f} s per mid-run evaluation{extra}",
                 flush=True,
             )
         rounds.append(this)
@@ -670,7 +607,7 @@ def bench_stall(cfg: dict[str, Any], prep: dict[str, Any], verbose: bool) -> dic
     none_stall: dict[str, dict[int, float]] = {"stall_s": {}, "stall_cpu_s": {}}
     for key, by_step in none_stall.items():
         for step in {e["step"] for r in runs["none"] for e in r["events"]}:
-            by_step[step] = _median([e[key] for r in runs["none"] for e in r["events"] if e["step"] == step])
+            by_step[step] = median([e[key] for r in runs["none"] for e in r["events"] if e["step"] == step])
 
     def excess(mode: str, final: bool, key: str = "stall_s") -> list[float]:
         return [e[key] - none_stall[key][e["step"]] for r in runs[mode] for e in r["events"] if e["final"] == final]
@@ -682,28 +619,28 @@ def bench_stall(cfg: dict[str, Any], prep: dict[str, Any], verbose: bool) -> dic
     modes_out: dict[str, Any] = {}
     for mode in ("background", "sync"):
         modes_out[mode] = {
-            "stall_per_event_s": _median(excess(mode, False)),
+            "stall_per_event_s": median(excess(mode, False)),
             "stall_per_event_all_s": excess(mode, False),
-            "generation_per_event_s": _median(pooled(mode, "generation_s")),
-            "scoring_per_event_s": _median(pooled(mode, "scoring_s")),
-            "stall_cpu_per_event_s": _median(excess(mode, False, "stall_cpu_s")),
-            "generation_cpu_per_event_s": _median(pooled(mode, "generation_cpu_s")),
-            "scoring_cpu_per_event_s": _median(pooled(mode, "scoring_cpu_s")),
-            "train_cpu_s": _median([r["train_cpu_s"] for r in runs[mode]]),
-            "last_event_excess_s": _median(excess(mode, True)),
-            "baseline_round_generation_s": _median([r["baseline_round"]["generation_s"] for r in runs[mode]]),
-            "baseline_round_scoring_s": _median([r["baseline_round"]["scoring_s"] for r in runs[mode]]),
-            "before_first_step_s": _median([r["before_first_step_s"] for r in runs[mode]]),
-            "train_s": _median([r["train_s"] for r in runs[mode]]),
+            "generation_per_event_s": median(pooled(mode, "generation_s")),
+            "scoring_per_event_s": median(pooled(mode, "scoring_s")),
+            "stall_cpu_per_event_s": median(excess(mode, False, "stall_cpu_s")),
+            "generation_cpu_per_event_s": median(pooled(mode, "generation_cpu_s")),
+            "scoring_cpu_per_event_s": median(pooled(mode, "scoring_cpu_s")),
+            "train_cpu_s": median([r["train_cpu_s"] for r in runs[mode]]),
+            "last_event_excess_s": median(excess(mode, True)),
+            "baseline_round_generation_s": median([r["baseline_round"]["generation_s"] for r in runs[mode]]),
+            "baseline_round_scoring_s": median([r["baseline_round"]["scoring_s"] for r in runs[mode]]),
+            "before_first_step_s": median([r["before_first_step_s"] for r in runs[mode]]),
+            "train_s": median([r["train_s"] for r in runs[mode]]),
         }
     modes_out["none"] = {
-        "stall_per_event_s": _median([e["stall_s"] for r in runs["none"] for e in r["events"] if not e["final"]]),
-        "stall_cpu_per_event_s": _median(
+        "stall_per_event_s": median([e["stall_s"] for r in runs["none"] for e in r["events"] if not e["final"]]),
+        "stall_cpu_per_event_s": median(
             [e["stall_cpu_s"] for r in runs["none"] for e in r["events"] if not e["final"]]
         ),
-        "before_first_step_s": _median([r["before_first_step_s"] for r in runs["none"]]),
-        "train_s": _median([r["train_s"] for r in runs["none"]]),
-        "train_cpu_s": _median([r["train_cpu_s"] for r in runs["none"]]),
+        "before_first_step_s": median([r["before_first_step_s"] for r in runs["none"]]),
+        "train_s": median([r["train_s"] for r in runs["none"]]),
+        "train_cpu_s": median([r["train_cpu_s"] for r in runs["none"]]),
     }
 
     # Step time while a background scoring runs vs the other steps of the same run.
@@ -721,30 +658,30 @@ def bench_stall(cfg: dict[str, Any], prep: dict[str, Any], verbose: bool) -> dic
             cpu[key]["main"] += [s["main_cpu_s"] for s in chosen]
             cpu[key]["process"] += [s["process_cpu_s"] / s["s"] for s in chosen]
         if during and other:
-            per_run_slowdown.append(_median(during) / _median(other))
+            per_run_slowdown.append(median(during) / median(other))
         lags += [e["publish_lag_steps"] for e in r["events"] if "publish_lag_steps" in e]
     none_steps = [s["s"] for r in runs["none"] for s in r["steps"]]
     sync_steps = [s["s"] for r in runs["sync"] for s in r["steps"]]
     slowdown = {
-        "median_step_during_scoring_s": _median(during_all),
-        "median_step_otherwise_s": _median(other_all),
+        "median_step_during_scoring_s": median(during_all),
+        "median_step_otherwise_s": median(other_all),
         "steps_during_scoring": len(during_all),
         "steps_otherwise": len(other_all),
-        "ratio": _median(per_run_slowdown),
+        "ratio": median(per_run_slowdown),
         "run_ratios": per_run_slowdown,
-        "ratio_pooled": _median(during_all) / _median(other_all) if during_all and other_all else math.nan,
-        "ratio_pooled_ci95": _bootstrap_ratio_ci(during_all, other_all),
-        "median_step_no_scorer_runs_s": _median(none_steps),
-        "median_step_sync_runs_s": _median(sync_steps),
-        "publish_lag_steps_median": _median(lags),
+        "ratio_pooled": median(during_all) / median(other_all) if during_all and other_all else math.nan,
+        "ratio_pooled_ci95": bootstrap_ratio_ci(during_all, other_all, seed=SEED),
+        "median_step_no_scorer_runs_s": median(none_steps),
+        "median_step_sync_runs_s": median(sync_steps),
+        "publish_lag_steps_median": median(lags),
         "publish_lag_steps": lags,
         "overlap_fraction_threshold": OVERLAP_FRACTION,
         # CPU seconds of the training (main) thread per step: unchanged while wall time grows means the
         # training thread waits (for a core or the GIL); process CPU / wall: cores busy in this process.
-        "median_main_thread_cpu_during_s": _median(cpu["during"]["main"]),
-        "median_main_thread_cpu_otherwise_s": _median(cpu["other"]["main"]),
-        "median_process_cores_busy_during": _median(cpu["during"]["process"]),
-        "median_process_cores_busy_otherwise": _median(cpu["other"]["process"]),
+        "median_main_thread_cpu_during_s": median(cpu["during"]["main"]),
+        "median_main_thread_cpu_otherwise_s": median(cpu["other"]["main"]),
+        "median_process_cores_busy_during": median(cpu["during"]["process"]),
+        "median_process_cores_busy_otherwise": median(cpu["other"]["process"]),
     }
 
     def round_ratios(a: str, b: str) -> list[float]:
@@ -753,10 +690,14 @@ def bench_stall(cfg: dict[str, Any], prep: dict[str, Any], verbose: bool) -> dic
     train_ratios = {}
     for a, b in (("background", "none"), ("sync", "none"), ("background", "sync")):
         values = round_ratios(a, b)
-        train_ratios[f"{a}/{b}"] = {"ratio": _median(values), "ci95": _bootstrap_median_ci(values), "rounds": values}
-    stall_ratio = _median(bg) / _median(sy) if sy and _median(sy) > 0 else math.nan
+        train_ratios[f"{a}/{b}"] = {
+            "ratio": median(values),
+            "ci95": bootstrap_median_ci(values, seed=SEED, n_boot=2000),
+            "rounds": values,
+        }
+    stall_ratio = median(bg) / median(sy) if sy and median(sy) > 0 else math.nan
     bg_cpu, sy_cpu = excess("background", False, "stall_cpu_s"), excess("sync", False, "stall_cpu_s")
-    stall_cpu_ratio = _median(bg_cpu) / _median(sy_cpu) if sy_cpu and _median(sy_cpu) > 0 else math.nan
+    stall_cpu_ratio = median(bg_cpu) / median(sy_cpu) if sy_cpu and median(sy_cpu) > 0 else math.nan
     return {
         "setup": {
             "max_steps": cfg["stall_max_steps"],
@@ -773,9 +714,9 @@ def bench_stall(cfg: dict[str, Any], prep: dict[str, Any], verbose: bool) -> dic
         "no_scorer_stall_by_step_s": {str(k): v for k, v in sorted(none_stall["stall_s"].items())},
         "modes": modes_out,
         "stall_ratio_background_over_sync": stall_ratio,
-        "stall_ratio_ci95": _bootstrap_ratio_ci(bg, sy),
+        "stall_ratio_ci95": bootstrap_ratio_ci(bg, sy, seed=SEED),
         "stall_cpu_ratio_background_over_sync": stall_cpu_ratio,
-        "stall_cpu_ratio_ci95": _bootstrap_ratio_ci(bg_cpu, sy_cpu),
+        "stall_cpu_ratio_ci95": bootstrap_ratio_ci(bg_cpu, sy_cpu, seed=SEED),
         "stall_target_max_ratio": STALL_TARGET,
         "pass": stall_ratio < STALL_TARGET,
         "train_time_ratios": train_ratios,
@@ -788,10 +729,6 @@ def bench_stall(cfg: dict[str, Any], prep: dict[str, Any], verbose: bool) -> dic
 # ---------------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------------
-def _pf(flag: bool | None) -> str:
-    return "info" if flag is None else ("PASS" if flag else "FAIL")
-
-
 def table_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = [("what", "ours", "baseline", "ratio", "target", "result")]
     for label, r in results["throughput"].items():
@@ -807,15 +744,15 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
                 f"{r['loop_tokens_per_s']:.0f} tok/s",
                 f"{r['ratio']:.2f}x (CI {low:.2f}-{high:.2f})",
                 f">= {THROUGHPUT_TARGET:g}x",
-                _pf(r["pass"]),
+                pass_fail(r["pass"]),
             )
         )
         low, high = r["ratio_cpu_time_ci95"]
         rows.append(
             (
                 "  same in CPU time (less sensitive to other load)",
-                f"{r['generated_tokens_batched'] / _median(r['batched_cpu_s']):.0f} tok/s",
-                f"{r['generated_tokens_loop'] / _median(r['loop_cpu_s']):.0f} tok/s",
+                f"{r['generated_tokens_batched'] / median(r['batched_cpu_s']):.0f} tok/s",
+                f"{r['generated_tokens_loop'] / median(r['loop_cpu_s']):.0f} tok/s",
                 f"{r['ratio_cpu_time']:.2f}x (CI {low:.2f}-{high:.2f})",
                 "(info)",
                 "info",
@@ -828,7 +765,7 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
                 "",
                 "",
                 "identical",
-                _pf(r["texts_identical"]),
+                pass_fail(r["texts_identical"]),
             )
         )
         rows.append(
@@ -851,7 +788,7 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
             f"{sym['stall_per_event_s']:.2f} s",
             f"{st['stall_ratio_background_over_sync']:.2f} (CI {low:.2f}-{high:.2f})",
             f"< {STALL_TARGET:g}",
-            _pf(st["pass"]),
+            pass_fail(st["pass"]),
         )
     )
     low, high = st["stall_cpu_ratio_ci95"]
@@ -981,18 +918,7 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
 
 def print_table(results: dict[str, Any]) -> None:
     rows = table_rows(results)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-
-    def render(row: tuple[str, ...]) -> str:
-        pairs = zip(row, widths, strict=True)
-        return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(pairs))
-
-    lines = [render(r) for r in rows]
-    print()
-    print(lines[0])
-    print("-" * len(lines[0]))
-    for line in lines[1:]:
-        print(line)
+    print_rows(rows)
     st = results["stall"]
     print(
         f"stall = on_evaluate -> next on_step_begin, minus the same without a scorer "
@@ -1071,12 +997,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "pretrain_loss": prep["pretrain_loss"],
         },
         "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "cpus": os.cpu_count(),
-            "torch_threads": args.threads,
-            "platform": platform.platform(),
+            **environment(args.threads),
             "wandb_mode": os.environ.get("WANDB_MODE"),
             "load_average_1_5_15_min_at_start": list(load_before),
             "load_average_1_5_15_min_at_end": list(os.getloadavg()),
@@ -1090,9 +1011,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     verdicts = [r["pass"] for r in throughput.values()] + [stall["pass"]]
     results["all_pass"] = all(verdicts)
     results["table"] = [list(r) for r in table_rows(results)]
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    output = write_json(results, args.output)
     print(
         f"\nall targets {'PASS' if results['all_pass'] else 'NOT MET'}; {results['elapsed_s']:.0f} s "
         f"({results['process_cpu_s']:.0f} s CPU; load average {load_before[0]:.1f} at start, "

@@ -63,9 +63,7 @@ import itertools
 import json
 import math
 import os
-import platform
 import random
-import statistics
 import sys
 import tempfile
 import threading
@@ -73,15 +71,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ["WANDB_MODE"] = "disabled"
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/<script>` finds the package
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks._common import (
+    ROOT,
+    bootstrap_median_ci,
+    environment,
+    median,
+    pass_fail,
+    print_rows,
+    print_verdict,
+    prompt_pairs,
+    quiet,
+    training_args,
+    tree_bytes,
+    write_json,
+)
 
 RESULTS_PATH = ROOT / "benchmarks" / "results_kit_overhead.json"
 SEED = 0
@@ -107,50 +112,17 @@ MIN_FREE_STEPS = 10  # steps free of background scoring needed to serve as the r
 # ---------------------------------------------------------------------------------------------------
 # shared helpers
 # ---------------------------------------------------------------------------------------------------
-def _quiet(verbose: bool):
-    """Swallow the Trainer's and the callbacks' console lines during timed runs (errors still raise)."""
-    return contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-
-
-def _median(values: list[float]) -> float:
-    return float(statistics.median(values)) if values else math.nan
-
-
-def _bootstrap_ci(values: list[float], n_boot: int = 4000) -> list[float]:
-    """95% interval of the median of independent values (one per repeat)."""
-    import numpy as np
-
-    data = np.asarray(values, dtype=float)
-    if len(data) < 2:
-        return [math.nan, math.nan]
-    rng = np.random.default_rng(SEED)
-    medians = np.median(data[rng.integers(0, len(data), size=(n_boot, len(data)))], axis=1)
-    low, high = np.percentile(medians, [2.5, 97.5])
-    return [float(low), float(high)]
-
-
 def _training_args(output_dir: str, **overrides: Any):
-    from transformers import TrainingArguments
-
     settings: dict[str, Any] = {
-        "output_dir": output_dir,
         "per_device_train_batch_size": SHAPE["train_batch_size"],
         "per_device_eval_batch_size": SHAPE["eval_batch_size"],
         "max_steps": SHAPE["max_steps"],
         "eval_strategy": "steps",
         "eval_steps": SHAPE["eval_steps"],
         "logging_steps": SHAPE["eval_steps"],
-        "save_strategy": "no",
-        "report_to": "none",
         "learning_rate": 3e-3,
-        "use_cpu": True,
-        "disable_tqdm": True,
-        "seed": SEED,
-        "data_seed": SEED,
-        "dataloader_num_workers": 0,
     }
-    settings.update(overrides)
-    return TrainingArguments(**settings)
+    return training_args(output_dir, SEED, **{**settings, **overrides})
 
 
 def _timed(fn, record: list[dict[str, Any]], keep_args: bool = False):
@@ -181,31 +153,6 @@ def _seconds(calls: list[dict[str, Any]], main: bool | None = None) -> float:
         if main is None or (c["thread"] == "MainThread") == main:
             out += c["end"] - c["start"]
     return out
-
-
-def _tree_bytes(root: str | os.PathLike) -> int:
-    total = 0
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.path.getsize(os.path.join(dirpath, name))
-    return total
-
-
-def _prompt_pairs(texts: list[str], count: int) -> tuple[list[str], list[str]]:
-    """Prompts of 3 to 20 words (the start of a docstring) and references (the 14 words that follow)."""
-    prompts, references = [], []
-    for text in texts:
-        words = text.split()
-        k = 3 + (len(prompts) * 7) % 18
-        if len(words) < k + 4:
-            continue
-        prompts.append(" ".join(words[:k]))
-        references.append(" ".join(words[k : k + 14]))
-        if len(prompts) == count:
-            break
-    assert len(prompts) == count, f"only {len(prompts)} docstrings are long enough for {count} prompts"
-    return prompts, references
 
 
 def _probe_class():
@@ -308,11 +255,11 @@ def _run(variant: str, prep: dict[str, Any], verbose: bool) -> dict[str, Any]:
         trainer.evaluation_loop = _timed(trainer.evaluation_loop, rec["eval_loop"])
         # stderr too: bert_score prints a warning for every empty generation of the untrained model
         quiet_err = contextlib.nullcontext() if verbose else contextlib.redirect_stderr(io.StringIO())
-        with _quiet(verbose), quiet_err:
+        with quiet(verbose), quiet_err:
             start, start_cpu = time.perf_counter(), time.process_time()
             trainer.train()
             wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-        final_bytes = _tree_bytes(out)
+        final_bytes = tree_bytes(out)
     history = trainer.state.log_history
     begins = [t for _, t in probe.step_begins]
     evals = [t for _, t in probe.evaluates]
@@ -329,7 +276,7 @@ def _run(variant: str, prep: dict[str, Any], verbose: bool) -> dict[str, Any]:
         "eval_losses": [round(float(e["eval_loss"]), 6) for e in history if "eval_loss" in e],
         "before_first_step_s": begins[0] - probe.train_begin if begins else math.nan,
         "train_steps_s": sum(step_times),
-        "train_step_median_s": _median(step_times),
+        "train_step_median_s": median(step_times),
         "timed_steps": len(step_times),
         "eval_loop_s": _seconds(rec["eval_loop"]),
         "after_on_evaluate_s": sum(after_eval),
@@ -371,16 +318,16 @@ def _run(variant: str, prep: dict[str, Any], verbose: bool) -> dict[str, Any]:
             "saved_steps": [s["step"] for s in saver.saves],
             "hook_train_s": _seconds(rec["hook_train"]),
             "hook_train_calls": len(rec["hook_train"]),
-            "hook_train_median_s": _median([c["end"] - c["start"] for c in rec["hook_train"]]),
+            "hook_train_median_s": median([c["end"] - c["start"] for c in rec["hook_train"]]),
             "hook_eval_loop_s": _seconds(hook_eval),
             "hook_eval_loop_calls": len(hook_eval),
             "hook_generation_s": _seconds(hook_gen),
             "hook_generation_calls": len(hook_gen),
             "steps_during_scoring": len(during),
             "steps_otherwise": len(other),
-            "step_median_during_scoring_s": _median(during),
+            "step_median_during_scoring_s": median(during),
             # too few steps free of scoring (it may run from step 0 to the end): bench() uses the bare run's
-            "step_median_otherwise_s": _median(other) if len(other) >= MIN_FREE_STEPS else math.nan,
+            "step_median_otherwise_s": median(other) if len(other) >= MIN_FREE_STEPS else math.nan,
             "during_steps_s": during,  # used, then dropped, by bench()
             "scored_steps": sorted({int(e["step"]) for e in history if "eval_rougeL" in e}),
             "stop_reason": guard.stop_reason,
@@ -435,10 +382,10 @@ def bench(cfg: dict[str, Any], prep: dict[str, Any], verbose: bool) -> dict[str,
 
     def share(key: str, of: list[dict[str, Any]] = kits) -> float:
         """Median over repeats of (this kit run's value / the same repeat's bare train() time)."""
-        return _median([k[key] / b["wall_s"] for k, b in zip(of, bares, strict=True)])
+        return median([k[key] / b["wall_s"] for k, b in zip(of, bares, strict=True)])
 
     def med(key: str, which: list[dict[str, Any]] = kits) -> float:
-        return _median([run[key] for run in which])
+        return median([run[key] for run in which])
 
     ratio = [k["except_generation_s"] / b["wall_s"] for k, b in pairs]
     wall_ratio = [k["wall_s"] / b["wall_s"] for k, b in pairs]
@@ -476,25 +423,25 @@ def bench(cfg: dict[str, Any], prep: dict[str, Any], verbose: bool) -> dict[str,
         "bare_wall_s": med("wall_s", bares),
         "kit_wall_s": med("wall_s"),
         "kit_sync_wall_s": med("wall_s", syncs),
-        "wall_ratio": _median(wall_ratio),
-        "wall_ratio_ci95": _bootstrap_ci(wall_ratio),
-        "cpu_ratio": _median(cpu_ratio),
+        "wall_ratio": median(wall_ratio),
+        "wall_ratio_ci95": bootstrap_median_ci(wall_ratio, seed=SEED),
+        "cpu_ratio": median(cpu_ratio),
         "except_generation_s": med("except_generation_s"),
-        "ratio": _median(ratio),
-        "ratio_ci95": _bootstrap_ci(ratio),
+        "ratio": median(ratio),
+        "ratio_ci95": bootstrap_median_ci(ratio, seed=SEED),
         "ratio_each_repeat": ratio,
         "ratio_of_fastest": min(k["except_generation_s"] for k in kits) / min(b["wall_s"] for b in bares),
         "target_max_ratio": TARGET,
-        "pass": _median(ratio) <= TARGET,
+        "pass": median(ratio) <= TARGET,
         "sync_diagnostic": {
             "except_generation_and_scoring_s": med("except_generation_s", syncs),
-            "ratio": _median(sync_ratio),
-            "ratio_ci95": _bootstrap_ci(sync_ratio),
+            "ratio": median(sync_ratio),
+            "ratio_ci95": bootstrap_median_ci(sync_ratio, seed=SEED),
             "generation_s": med("generation_s", syncs),
             "scoring_s": med("scoring_s", syncs),
             "save_s": med("save_s", syncs),
-            "kit_wall_background_over_sync": _median(bg_over_sync),
-            "kit_wall_background_over_sync_ci95": _bootstrap_ci(bg_over_sync),
+            "kit_wall_background_over_sync": median(bg_over_sync),
+            "kit_wall_background_over_sync_ci95": bootstrap_median_ci(bg_over_sync, seed=SEED),
         },
         "components": {
             "construct_s": med("construct_s"),
@@ -523,9 +470,9 @@ def bench(cfg: dict[str, Any], prep: dict[str, Any], verbose: bool) -> dict[str,
             "saved_steps": kits[0]["saved_steps"],
             "save_s": med("save_s"),
             "save_share": share("save_s"),
-            "save_s_per_save": _median([k["save_s"] / k["saves"] for k in kits if k["saves"]]),
-            "save_logged_seconds_median": _median([s for k in kits for s in k["save_logged_seconds"]]),
-            "save_bytes_per_save": _median(save_bytes),
+            "save_s_per_save": median([k["save_s"] / k["saves"] for k in kits if k["saves"]]),
+            "save_logged_seconds_median": median([s for k in kits for s in k["save_logged_seconds"]]),
+            "save_bytes_per_save": median(save_bytes),
             "final_output_dir_bytes": med("final_output_dir_bytes"),
             "hook_train_s": med("hook_train_s"),
             "hook_train_share": share("hook_train_s"),
@@ -538,7 +485,7 @@ def bench(cfg: dict[str, Any], prep: dict[str, Any], verbose: bool) -> dict[str,
             "train_step_median_s": {"kit": med("train_step_median_s"), "bare": med("train_step_median_s", bares)},
             "before_first_step_s": {"kit": med("before_first_step_s"), "bare": med("before_first_step_s", bares)},
             "after_on_evaluate_s": {"kit": med("after_on_evaluate_s"), "bare": med("after_on_evaluate_s", bares)},
-            "residual_share": _median(residual),
+            "residual_share": median(residual),
         },
         "runs": runs,
     }
@@ -547,10 +494,6 @@ def bench(cfg: dict[str, Any], prep: dict[str, Any], verbose: bool) -> dict[str,
 # ---------------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------------
-def _pf(flag: bool | None) -> str:
-    return "info" if flag is None else ("PASS" if flag else "FAIL")
-
-
 def _s(seconds: float) -> str:
     return f"{seconds * 1e3:.0f} ms" if abs(seconds) < 1 else f"{seconds:.2f} s"
 
@@ -581,7 +524,7 @@ def table_rows(res: dict[str, Any]) -> list[list[str]]:
             bare,
             f"{res['ratio']:.3f}",
             f"<= {TARGET}",
-            _pf(res["pass"]),
+            pass_fail(res["pass"]),
         )
     )
     noisy = "noisy: spans target" if low <= TARGET < high else "info"
@@ -649,18 +592,7 @@ def table_rows(res: dict[str, Any]) -> list[list[str]]:
 
 def print_table(res: dict[str, Any]) -> list[list[str]]:
     rows = table_rows(res)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-
-    def render(row: list[str]) -> str:
-        pairs = zip(row, widths, strict=True)
-        return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(pairs))
-
-    lines = [render(r) for r in rows]
-    print()
-    print(lines[0])
-    print("-" * len(lines[0]))
-    for line in lines[1:]:
-        print(line)
+    print_rows(rows)
     c = res["components"]
     print(
         f"ratios: median over {res['repeats']} interleaved repeats of the per-repeat ratio; percentages: share of "
@@ -686,7 +618,7 @@ def _prepare() -> dict[str, Any]:
     corpus = toy.stdlib_corpus()
     tokenizer = toy.train_tokenizer(corpus)
     max_length = SHAPE["max_length"]
-    prompts, references = _prompt_pairs(corpus[1000:], SHAPE["prompts"])
+    prompts, references = prompt_pairs(corpus[1000:], SHAPE["prompts"])
     return {
         "tokenizer": tokenizer,
         "train": toy.causal_lm_dataset(corpus[: SHAPE["train_docs"]], tokenizer, max_length),
@@ -738,12 +670,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "mode": "full" if args.full else "quick",
         "config": cfg,
         "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "cpus": os.cpu_count(),
-            "torch_threads": args.threads,
-            "platform": platform.platform(),
+            **environment(args.threads),
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         },
         **bench_results,
@@ -751,13 +678,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["elapsed_s"] = time.perf_counter() - started
     results["table"] = print_table(results)
     results["all_pass"] = bool(results["pass"])
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2, default=float) + "\n")
-    print(
-        f"\nall targets {'PASS' if results['all_pass'] else 'NOT MET'}; {results['elapsed_s']:.0f} s; "
-        f"results written to {output}"
-    )
+    output = write_json(results, args.output)
+    print_verdict(results, output)
     results["exit_code"] = 1 if args.strict and not results["all_pass"] else 0
     return results
 

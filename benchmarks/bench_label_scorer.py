@@ -48,35 +48,34 @@ Results are printed and written to benchmarks/results_label_scorer.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import gc
-import io
-import json
 import math
 import os
-import platform
 import pstats
 import random
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-os.environ["WANDB_MODE"] = "disabled"
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/<script>` finds the package
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks._memory import RssSampler, read_status_kib, reset_peak_rss  # noqa: E402
+from benchmarks._common import (
+    ROOT,
+    CostMeter,
+    bootstrap_median_ci,
+    environment,
+    median,
+    pass_fail,
+    print_rows,
+    print_verdict,
+    quiet,
+    training_args,
+    write_json,
+)
+from benchmarks._memory import RssSampler, print_worker_result, read_status_kib, reset_peak_rss, run_worker
 
 RESULTS_PATH = ROOT / "benchmarks" / "results_label_scorer.json"
 SEED = 0
@@ -118,67 +117,19 @@ MEMORY_CASES = ("logits", "hidden_states")
 # ---------------------------------------------------------------------------------------------------
 # shared helpers
 # ---------------------------------------------------------------------------------------------------
-def _quiet(verbose: bool):
-    """Swallow the Trainer's and the callbacks' console lines during timed runs (errors still raise)."""
-    return contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-
-
 def _training_args(output_dir: str, **overrides: Any):
-    from transformers import TrainingArguments
-
     settings: dict[str, Any] = {
-        "output_dir": output_dir,
         "per_device_train_batch_size": SHAPE["train_batch_size"],
         "per_device_eval_batch_size": SHAPE["eval_batch_size"],
-        "save_strategy": "no",
-        "report_to": "none",
         "learning_rate": SHAPE["learning_rate"],
-        "use_cpu": True,
-        "disable_tqdm": True,
-        "seed": SEED,
-        "data_seed": SEED,
-        "dataloader_num_workers": 0,
     }
-    settings.update(overrides)
-    return TrainingArguments(**settings)
-
-
-def _median(values: list[float]) -> float:
-    return float(statistics.median(values)) if values else math.nan
+    return training_args(output_dir, SEED, **{**settings, **overrides})
 
 
 def _fmt_mib(n_bytes: float | None) -> str:
     if n_bytes is None:
         return "-"
     return f"{n_bytes / MIB:,.1f} MiB" if abs(n_bytes) < 10 * MIB else f"{n_bytes / MIB:,.0f} MiB"
-
-
-def _bootstrap_median_ci(values: list[float], n_boot: int = 4000) -> tuple[float, float]:
-    """95% percentile interval of the median of `values` (one value per round)."""
-    import numpy as np
-
-    arr = np.asarray(values, dtype=float)
-    rng = np.random.default_rng(SEED)
-    medians = np.median(arr[rng.integers(0, len(arr), size=(n_boot, len(arr)))], axis=1)
-    low, high = np.percentile(medians, [2.5, 97.5])
-    return float(low), float(high)
-
-
-class CostMeter:
-    """Wall time spent inside wrapped functions (LabelScorer's hook and compute; label_metrics' function)."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-
-    def timed(self, fn):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - start
-
-        return wrapper
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -235,7 +186,7 @@ def _prepare(state_dir: str, verbose: bool) -> dict[str, Any]:
             data_collator=DataCollatorWithPadding(tokenizer),
             processing_class=tokenizer,
         )
-        with _quiet(verbose):
+        with quiet(verbose):
             trainer.train()
     train_s = time.perf_counter() - started
     model.eval()
@@ -367,7 +318,7 @@ def bench_eval_time(cfg: dict[str, Any], prep: dict[str, Any], verbose: bool) ->
                 switch.set(variant)
                 gc.collect()
                 metered = hook_meter.seconds, compute_meter.seconds, metrics_meter.seconds
-                with _quiet(verbose):
+                with quiet(verbose):
                     started, cpu_started = time.perf_counter(), time.process_time()
                     metrics = trainer.evaluate()
                     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
@@ -396,7 +347,7 @@ def bench_eval_time(cfg: dict[str, Any], prep: dict[str, Any], verbose: bool) ->
             switch.set(variant)
             gc.collect()
             prof = cProfile.Profile()
-            with _quiet(verbose):
+            with quiet(verbose):
                 prof.enable()
                 trainer.evaluate()
                 prof.disable()
@@ -415,13 +366,13 @@ def bench_eval_time(cfg: dict[str, Any], prep: dict[str, Any], verbose: bool) ->
     assert max_diff <= 1e-9, f"metrics disagree by {max_diff}"
 
     per_round = {v: [t / p for t, p in zip(times[v], times["plain"], strict=True)] for v in TIMING_VARIANTS}
-    medians = {v: _median(times[v]) for v in TIMING_VARIANTS}
+    medians = {v: median(times[v]) for v in TIMING_VARIANTS}
     cpu_per_round = {v: [t / p for t, p in zip(cpu_times[v], cpu_times["plain"], strict=True)] for v in TIMING_VARIANTS}
-    ratio = _median(per_round["ours"])
-    ci = _bootstrap_median_ci(per_round["ours"])
-    ours_direct = _median(direct["ours"])
+    ratio = median(per_round["ours"])
+    ci = bootstrap_median_ci(per_round["ours"], seed=SEED)
+    ours_direct = median(direct["ours"])
     # LabelScorer's own time over the plain evaluate() of the same round (both see the same load).
-    direct_ratio = _median([1 + d / t for d, t in zip(direct["ours"], times["plain"], strict=True)])
+    direct_ratio = median([1 + d / t for d, t in zip(direct["ours"], times["plain"], strict=True)])
     return {
         "model": "toy.tiny_bert_classifier (2 layers, hidden 64, BPE vocab 512), 5 classes, fine-tuned "
         f"{SHAPE['train_steps']} steps",
@@ -435,30 +386,32 @@ def bench_eval_time(cfg: dict[str, Any], prep: dict[str, Any], verbose: bool) ->
         "warmup_rounds": cfg["timing_warmup_rounds"],
         "times_s": times,
         "median_s": medians,
-        "ratio_per_round_median": {v: _median(per_round[v]) for v in TIMING_VARIANTS if v != "plain"},
+        "ratio_per_round_median": {v: median(per_round[v]) for v in TIMING_VARIANTS if v != "plain"},
         "ratio_of_pooled_medians": {v: medians[v] / medians["plain"] for v in TIMING_VARIANTS if v != "plain"},
         "ours_ratio": ratio,
         "ours_ratio_ci95": list(ci),
         "cpu_times_s": cpu_times,
-        "cpu_median_s": {v: _median(cpu_times[v]) for v in TIMING_VARIANTS},
-        "cpu_ratio_per_round_median": {v: _median(cpu_per_round[v]) for v in TIMING_VARIANTS if v != "plain"},
-        "cpu_ratio_ci95": {v: list(_bootstrap_median_ci(cpu_per_round[v])) for v in TIMING_VARIANTS if v != "plain"},
-        "aa_ratio_ci95": list(_bootstrap_median_ci(per_round["plain_aa"])),
-        "label_metrics_ratio_ci95": list(_bootstrap_median_ci(per_round["label_metrics"])),
-        "ours_vs_label_metrics_per_round_median": _median(
+        "cpu_median_s": {v: median(cpu_times[v]) for v in TIMING_VARIANTS},
+        "cpu_ratio_per_round_median": {v: median(cpu_per_round[v]) for v in TIMING_VARIANTS if v != "plain"},
+        "cpu_ratio_ci95": {
+            v: bootstrap_median_ci(cpu_per_round[v], seed=SEED) for v in TIMING_VARIANTS if v != "plain"
+        },
+        "aa_ratio_ci95": bootstrap_median_ci(per_round["plain_aa"], seed=SEED),
+        "label_metrics_ratio_ci95": bootstrap_median_ci(per_round["label_metrics"], seed=SEED),
+        "ours_vs_label_metrics_per_round_median": median(
             [o / b for o, b in zip(times["ours"], times["label_metrics"], strict=True)]
         ),
         "ours_direct_cost_s": direct["ours"],
         "ours_hook_s": direct["ours_hook"],
         "ours_compute_s": direct["ours_compute"],
         "ours_direct_cost_median_s": ours_direct,
-        "ours_hook_median_s": _median(direct["ours_hook"]),
-        "ours_hook_per_batch_median_s": _median(direct["ours_hook"])
+        "ours_hook_median_s": median(direct["ours_hook"]),
+        "ours_hook_per_batch_median_s": median(direct["ours_hook"])
         / math.ceil(cfg["eval_examples"] / SHAPE["eval_batch_size"]),
-        "ours_compute_median_s": _median(direct["ours_compute"]),
+        "ours_compute_median_s": median(direct["ours_compute"]),
         "ours_direct_ratio": direct_ratio,
         "ours_direct_ratio_of_medians": (medians["plain"] + ours_direct) / medians["plain"],
-        "label_metrics_compute_metrics_median_s": _median(direct["label_metrics"]),
+        "label_metrics_compute_metrics_median_s": median(direct["label_metrics"]),
         "profile": profiles,
         "target_max_ratio": EVAL_TIME_TARGET,
         "pass": ratio <= EVAL_TIME_TARGET,
@@ -491,7 +444,7 @@ def bench_metrics_cost(cfg: dict[str, Any]) -> dict[str, Any]:
             started = time.perf_counter()
             compute_label_metrics(y, probabilities=probs, label_names=LABEL_NAMES)
             times.append(time.perf_counter() - started)
-        out[str(n)] = _median(times[1:])
+        out[str(n)] = median(times[1:])
     sizes = [int(n) for n in out]
     slope = (out[str(sizes[-1])] - out[str(sizes[0])]) / (sizes[-1] - sizes[0])
     return {
@@ -526,7 +479,7 @@ def memory_worker(variant: str, case: str, n_examples: int, state_dir: str) -> d
             compute_metrics=label_metrics(LABEL_NAMES) if variant == "baseline" else None,
             callbacks=[LabelScorer(label_names=LABEL_NAMES, log_confusion_matrix=True)] if variant == "ours" else [],
         )
-        with _quiet(False):
+        with quiet(False):
             trainer.evaluate(eval_dataset=warmup)  # lazy one-time set-up is not what we measure
         gc.collect()
         process = psutil.Process()
@@ -535,7 +488,7 @@ def memory_worker(variant: str, case: str, n_examples: int, state_dir: str) -> d
         sampler = RssSampler()
         sampler.start()
         started = time.perf_counter()
-        with _quiet(False):
+        with quiet(False):
             metrics = trainer.evaluate()
         elapsed = time.perf_counter() - started
         sampler.stop()
@@ -561,31 +514,6 @@ def memory_worker(variant: str, case: str, n_examples: int, state_dir: str) -> d
     }
 
 
-def _run_memory_subprocess(variant: str, case: str, n_examples: int, state_dir: str, threads: int) -> dict[str, Any]:
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--threads",
-        str(threads),
-        "--_memory-worker",
-        variant,
-        case,
-        str(n_examples),
-        state_dir,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT), timeout=1800)
-    tag = f"{variant}/{case}@{n_examples}"
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"memory worker {tag} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        )
-    marker = "MEMORY_RESULT "
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(marker)]
-    if not lines:
-        raise RuntimeError(f"memory worker {tag} printed no result:\n{proc.stdout[-3000:]}")
-    return json.loads(lines[-1][len(marker) :])
-
-
 def bench_memory(cfg: dict[str, Any], state_dir: str, threads: int) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {}
     plan = [
@@ -596,7 +524,8 @@ def bench_memory(cfg: dict[str, Any], state_dir: str, threads: int) -> dict[str,
         for variant in MEMORY_VARIANTS
     ]
     for case, n, variant in plan:
-        result = _run_memory_subprocess(variant, case, n, state_dir, threads)
+        worker_args = ["--threads", str(threads), "--_memory-worker", variant, case, str(n), state_dir]
+        result = run_worker(__file__, worker_args, f"{variant}/{case}@{n}", cwd=ROOT)
         runs.setdefault(f"{case}/{n}/{variant}", []).append(result)
         acc = result["metrics"].get("eval_accuracy")
         print(
@@ -607,7 +536,7 @@ def bench_memory(cfg: dict[str, Any], state_dir: str, threads: int) -> dict[str,
         )
 
     def extra(case: str, n: int, variant: str) -> float:
-        return _median([r["extra_peak"] for r in runs[f"{case}/{n}/{variant}"]])
+        return median([r["extra_peak"] for r in runs[f"{case}/{n}/{variant}"]])
 
     comparisons = []
     for n in cfg["memory_examples"]:
@@ -642,9 +571,9 @@ def bench_memory(cfg: dict[str, Any], state_dir: str, threads: int) -> dict[str,
                     "ratio_over_plain": base_over / ours_over if ours_over >= NOISE_BYTES else None,
                     "ours_kept_bytes": n * (c + 1) * 8,  # [label, p_0 .. p_C-1] float64 rows
                     "baseline_accumulated_bytes": accumulated,
-                    "ours_evaluate_s": _median([r["evaluate_s"] for r in runs[f"{case}/{n}/ours"]]),
-                    "baseline_evaluate_s": _median([r["evaluate_s"] for r in runs[f"{case}/{n}/baseline"]]),
-                    "plain_evaluate_s": _median([r["evaluate_s"] for r in runs[f"{case}/{n}/plain"]]),
+                    "ours_evaluate_s": median([r["evaluate_s"] for r in runs[f"{case}/{n}/ours"]]),
+                    "baseline_evaluate_s": median([r["evaluate_s"] for r in runs[f"{case}/{n}/baseline"]]),
+                    "plain_evaluate_s": median([r["evaluate_s"] for r in runs[f"{case}/{n}/plain"]]),
                     "accuracy": om["eval_accuracy"],
                     "f1": om["eval_f1"],
                     "shared_metrics": len(shared),
@@ -663,10 +592,6 @@ def bench_memory(cfg: dict[str, Any], state_dir: str, threads: int) -> dict[str,
 # ---------------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------------
-def _pf(flag: bool | None) -> str:
-    return "info" if flag is None else ("PASS" if flag else "FAIL")
-
-
 def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     rows: list[tuple[str, str, str, str, str, str]] = [("what", "ours", "baseline", "ratio", "target", "result")]
     et = results["eval_time"]
@@ -679,7 +604,7 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, s
             f"{med['plain']:.3f} s",
             f"{et['ours_ratio']:.4f}",
             f"<= {EVAL_TIME_TARGET}",
-            _pf(et["pass"]),
+            pass_fail(et["pass"]),
         )
     )
     low, high = et["ours_ratio_ci95"]
@@ -714,7 +639,7 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, s
             f"{med['plain']:.3f} s",
             f"{et['ours_direct_ratio']:.4f}",
             f"<= {EVAL_TIME_TARGET}",
-            _pf(et["direct_cost_pass"]),
+            pass_fail(et["direct_cost_pass"]),
         )
     )
     rows.append(
@@ -804,18 +729,7 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, s
 
 def print_table(results: dict[str, Any]) -> None:
     rows = table_rows(results)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-
-    def render(row: tuple[str, ...]) -> str:
-        pairs = zip(row, widths, strict=True)
-        return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(pairs))
-
-    lines = [render(r) for r in rows]
-    print()
-    print(lines[0])
-    print("-" * len(lines[0]))
-    for line in lines[1:]:
-        print(line)
+    print_rows(rows)
     et = results["eval_time"]
     print(
         "eval-time ratio: median over rounds of (variant time / plain time in the same round); wandb disabled, "
@@ -874,7 +788,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args._memory_worker:
         variant, case, n, state_dir = args._memory_worker
         result = memory_worker(variant, case, int(n), state_dir)
-        print("MEMORY_RESULT " + json.dumps(result), flush=True)
+        print_worker_result(result)
         return {"memory_worker": result, "exit_code": 0}
 
     cfg = FULL if args.full else QUICK
@@ -907,12 +821,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "shape": SHAPE,
         "label_names": LABEL_NAMES,
         "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "cpus": os.cpu_count(),
-            "torch_threads": args.threads,
-            "platform": platform.platform(),
+            **environment(args.threads),
             "wandb_mode": os.environ.get("WANDB_MODE"),
         },
         "eval_time": eval_time,
@@ -923,13 +832,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print_table(results)
     results["all_pass"] = bool(eval_time["pass"])
     results["table"] = [list(r) for r in table_rows(results)]
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2, default=float) + "\n")
-    print(
-        f"\nall targets {'PASS' if results['all_pass'] else 'NOT MET'}; "
-        f"{results['elapsed_s']:.0f} s; results written to {output}"
-    )
+    output = write_json(results, args.output)
+    print_verdict(results, output)
     results["exit_code"] = 1 if args.strict and not results["all_pass"] else 0
     return results
 

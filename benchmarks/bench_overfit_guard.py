@@ -34,32 +34,33 @@ Results are printed and written to benchmarks/results_overfit_guard.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
-import io
-import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-os.environ["WANDB_MODE"] = "disabled"
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/<script>` finds the package
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks._memory import RssSampler, read_status_kib, reset_peak_rss  # noqa: E402
+from benchmarks._common import (
+    ROOT,
+    CostMeter,
+    block_bootstrap_ci,
+    environment,
+    median,
+    noop_callback,
+    pass_fail,
+    print_rows,
+    print_verdict,
+    quiet,
+    training_args,
+    write_json,
+)
+from benchmarks._memory import RssSampler, print_worker_result, read_status_kib, reset_peak_rss, run_worker
 
 RESULTS_PATH = ROOT / "benchmarks" / "results_overfit_guard.json"
 SEED = 0
@@ -93,33 +94,13 @@ MEMORY_SHAPE = {"seq_len": 128, "vocab": 32000, "n_embd": 32, "n_layer": 1, "n_h
 # ---------------------------------------------------------------------------------------------------
 # shared helpers
 # ---------------------------------------------------------------------------------------------------
-def _quiet(verbose: bool):
-    """Swallow the Trainer's and the callbacks' console lines during timed runs (errors still raise)."""
-    return contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-
-
 def _training_args(output_dir: str, **overrides: Any):
-    from transformers import TrainingArguments
-
     settings: dict[str, Any] = {
-        "output_dir": output_dir,
         "per_device_train_batch_size": 8,
         "per_device_eval_batch_size": 16,
-        "save_strategy": "no",
-        "report_to": "none",
         "learning_rate": 3e-3,
-        "use_cpu": True,
-        "disable_tqdm": True,
-        "seed": SEED,
-        "data_seed": SEED,
-        "dataloader_num_workers": 0,
     }
-    settings.update(overrides)
-    return TrainingArguments(**settings)
-
-
-def _median(values: list[float]) -> float:
-    return float(statistics.median(values)) if values else math.nan
+    return training_args(output_dir, SEED, **{**settings, **overrides})
 
 
 def _fmt_mib(n_bytes: float | None) -> str:
@@ -131,34 +112,6 @@ def _fmt_mib(n_bytes: float | None) -> str:
 # ---------------------------------------------------------------------------------------------------
 # OverfitGuard's events that run at every training step (the rest run once per training or evaluation).
 STEP_EVENTS = ("on_step_begin", "on_substep_end", "on_pre_optimizer_step", "on_optimizer_step", "on_step_end", "on_log")
-
-
-class CostMeter:
-    """Wall time spent inside OverfitGuard itself (its per-step event handlers and its forward hook).
-    On CPU every tensor op in there runs synchronously, so this is its whole direct cost, free of
-    the noise that end-to-end step times carry."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-
-    def timed(self, fn):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - start
-
-        return wrapper
-
-
-def _noop_callback():
-    from transformers import TrainerCallback
-
-    class NoOpCallback(TrainerCallback):
-        """Stands in for OverfitGuard in the harness check (A/A): switched the same way, does nothing."""
-
-    return NoOpCallback()
 
 
 def _step_switch_class():
@@ -264,22 +217,6 @@ def _lm_trainer(lm: dict[str, Any], output_dir: str, callbacks: list[Any], max_s
     )
 
 
-def _block_bootstrap_ci(pairs: list[list[tuple[float, float, float]]], block: int = 10, n_boot: int = 2000):
-    """95% interval of the median of on/off ratios over pairs, resampling blocks of consecutive pairs
-    (the machine's load drifts, so neighbouring steps are not independent)."""
-    import numpy as np
-
-    blocks = [np.asarray(run[i : i + block]) for run in pairs for i in range(0, len(run), block)]
-    blocks = [b for b in blocks if len(b)]
-    rng = np.random.default_rng(SEED)
-    ratios = []
-    for _ in range(n_boot):
-        sample = np.concatenate([blocks[i] for i in rng.integers(0, len(blocks), size=len(blocks))])
-        ratios.append(float(np.median(sample[:, 0] / sample[:, 1])))
-    low, high = np.percentile(ratios, [2.5, 97.5])
-    return float(low), float(high)
-
-
 def bench_step_time(
     cfg: dict[str, Any], lm: dict[str, Any], verbose: bool, noop: bool = False
 ) -> tuple[dict[str, Any], Any]:
@@ -294,13 +231,13 @@ def bench_step_time(
     runs: list[list[tuple[float, float, float]]] = []
     trainer = None
     for run in range(runs_n):
-        target = _noop_callback() if noop else OverfitGuard()
+        target = noop_callback() if noop else OverfitGuard()
         switch = StepSwitch(target, seed=SEED + run)
         trainer = None
         gc.collect()
         with tempfile.TemporaryDirectory() as out:
             trainer = _lm_trainer(lm, out, [switch, target], max_steps)
-            with _quiet(verbose):
+            with quiet(verbose):
                 trainer.train()
         if not noop:
             passes = target.probe.train_passes
@@ -308,21 +245,21 @@ def bench_step_time(
         pairs = switch.pairs(warmup_pairs)
         assert len(pairs) == timed_pairs, f"expected {timed_pairs} timed pairs, got {len(pairs)}"
         runs.append(pairs)
-        on = _median([p[0] for p in pairs])
-        off = _median([p[1] for p in pairs])
+        on = median([p[0] for p in pairs])
+        off = median([p[1] for p in pairs])
         print(
             f"  run {run + 1}/{runs_n}: median step {label} on {on * 1e3:.2f} ms, off {off * 1e3:.2f} ms, "
-            f"paired ratio {_median([p[0] / p[1] for p in pairs]):.4f}",
+            f"paired ratio {median([p[0] / p[1] for p in pairs]):.4f}",
             flush=True,
         )
     every = [p for run in runs for p in run]
-    on_median = _median([p[0] for p in every])
-    off_median = _median([p[1] for p in every])
-    direct_median = _median([p[2] for p in every])
+    on_median = median([p[0] for p in every])
+    off_median = median([p[1] for p in every])
+    direct_median = median([p[2] for p in every])
     # Each pair's two steps ran back to back under the same conditions: the median of their ratios is
     # the estimate (pooled medians would mix runs whose overall speed differs).
-    ratio = _median([p[0] / p[1] for p in every])
-    ci = _block_bootstrap_ci(runs)
+    ratio = median([p[0] / p[1] for p in every])
+    ci = block_bootstrap_ci(runs, seed=SEED)
     result = {
         "treatment": "a no-op TrainerCallback (harness check, A/A)" if noop else "OverfitGuard()",
         "model": "tiny GPT-2 (toy.tiny_gpt2: 2 layers, n_embd 64, BPE vocab 512), stdlib corpus",
@@ -338,7 +275,7 @@ def bench_step_time(
         "ratio": ratio,
         "ratio_ci95": list(ci),
         "ratio_of_pooled_medians": on_median / off_median,
-        "run_ratios": [_median([p[0] / p[1] for p in r]) for r in runs],
+        "run_ratios": [median([p[0] / p[1] for p in r]) for r in runs],
         "guard_direct_cost_median_s": direct_median,
         "guard_direct_cost_mean_s": statistics.fmean(p[2] for p in every),
         "direct_cost_ratio": (off_median + direct_median) / off_median,
@@ -431,7 +368,7 @@ def memory_worker(variant: str, n_seqs: int) -> dict[str, Any]:
             compute_metrics=exact_perplexity_from_logits if variant == "baseline" else None,
             callbacks=[OverfitGuard()] if variant == "ours" else [],
         )
-        with _quiet(False):
+        with quiet(False):
             trainer.evaluate(eval_dataset=warmup)  # lazy one-time set-up is not what we measure
         gc.collect()
         process = psutil.Process()
@@ -461,21 +398,6 @@ def memory_worker(variant: str, n_seqs: int) -> dict[str, Any]:
     }
 
 
-def _run_memory_subprocess(variant: str, n_seqs: int) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_memory-worker", variant, str(n_seqs)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT), timeout=1800)
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"memory worker {variant}@{n_seqs} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n"
-            f"{proc.stderr[-3000:]}"
-        )
-    marker = "MEMORY_RESULT "
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(marker)]
-    if not lines:
-        raise RuntimeError(f"memory worker {variant}@{n_seqs} printed no result:\n{proc.stdout[-3000:]}")
-    return json.loads(lines[-1][len(marker) :])
-
-
 def bench_memory(cfg: dict[str, Any]) -> dict[str, Any]:
     sizes = sorted(set(cfg["memory_ours_seqs"]) | set(cfg["memory_baseline_seqs"]))
     runs: dict[str, dict[int, dict[str, Any]]] = {"plain": {}, "ours": {}, "baseline": {}}
@@ -483,7 +405,7 @@ def bench_memory(cfg: dict[str, Any]) -> dict[str, Any]:
     plan += [("ours", n) for n in cfg["memory_ours_seqs"]]
     plan += [("baseline", n) for n in cfg["memory_baseline_seqs"]]
     for variant, n_seqs in plan:
-        result = _run_memory_subprocess(variant, n_seqs)
+        result = run_worker(__file__, ["--_memory-worker", variant, str(n_seqs)], f"{variant}@{n_seqs}", cwd=ROOT)
         runs[variant][n_seqs] = result
         ppl = result["perplexity"]
         print(
@@ -555,7 +477,7 @@ def bench_eval_loss_gap(trainer, verbose: bool) -> dict[str, Any]:
     OverfitGuard's exact perplexity, and an independent exact computation from the logits."""
     import torch
 
-    with _quiet(verbose):
+    with quiet(verbose):
         metrics = trainer.evaluate()
     exp_loss = math.exp(metrics["eval_loss"])
     exact = metrics["eval_perplexity"]
@@ -609,10 +531,6 @@ def bench_eval_loss_gap(trainer, verbose: bool) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------------
-def _pf(flag: bool | None) -> str:
-    return "info" if flag is None else ("PASS" if flag else "FAIL")
-
-
 def print_table(results: dict[str, Any]) -> list[list[str]]:
     rows = [("what", "ours", "baseline", "ratio", "target", "result")]
     st = results["step_time"]
@@ -623,7 +541,7 @@ def print_table(results: dict[str, Any]) -> list[list[str]]:
             f"{st['baseline_median_step_s'] * 1e3:.2f} ms",
             f"{st['ratio']:.4f}",
             f"<= {STEP_TIME_TARGET}",
-            _pf(st["pass"]),
+            pass_fail(st["pass"]),
         )
     )
     low, high = st["ratio_ci95"]
@@ -636,7 +554,7 @@ def print_table(results: dict[str, Any]) -> list[list[str]]:
             f"{st['baseline_median_step_s'] * 1e3:.2f} ms",
             f"{st['direct_cost_ratio']:.4f}",
             f"<= {STEP_TIME_TARGET}",
-            _pf(st["direct_cost_pass"]),
+            pass_fail(st["direct_cost_pass"]),
         )
     )
     aa = st["harness_check"]
@@ -663,7 +581,7 @@ def print_table(results: dict[str, Any]) -> list[list[str]]:
                 _fmt_mib(comp["baseline_extra_peak"]),
                 f"{comp['ratio']:.1f}x less",
                 target,
-                _pf(comp["pass"]),
+                pass_fail(comp["pass"]),
             )
         )
         rows.append(
@@ -684,21 +602,10 @@ def print_table(results: dict[str, Any]) -> list[list[str]]:
             f"{_fmt_mib(cons['extra_peaks'][0])}",
             f"{cons['ratio_largest_to_smallest']:.2f}x",
             f"<= {CONSTANCY_TARGET}x",
-            _pf(cons["pass"]),
+            pass_fail(cons["pass"]),
         )
     )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-
-    def render(row: tuple[str, ...]) -> str:
-        pairs = zip(row, widths, strict=True)
-        return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(pairs))
-
-    lines = [render(r) for r in rows]
-    print()
-    print(lines[0])
-    print("-" * len(lines[0]))
-    for line in lines[1:]:
-        print(line)
+    print_rows(rows)
     print(
         "step-time ratio: median over adjacent (on, off) step pairs; 'ours'/'baseline' columns: median step "
         "with OverfitGuard on/off"
@@ -758,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     if args._memory_worker:
         variant, n_seqs = args._memory_worker
         result = memory_worker(variant, int(n_seqs))
-        print("MEMORY_RESULT " + json.dumps(result), flush=True)
+        print_worker_result(result)
         return 0
 
     import datasets
@@ -788,14 +695,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "mode": "full" if args.full else "quick",
         "config": cfg,
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "cpus": os.cpu_count(),
-            "torch_threads": args.threads,
-            "platform": platform.platform(),
-        },
+        "environment": environment(args.threads),
         "step_time": step_time,
         "memory": memory,
         "eval_loss_gap": gap,
@@ -805,11 +705,8 @@ def main(argv: list[str] | None = None) -> int:
     verdicts = [step_time["pass"], memory["ours_constancy"]["pass"]]
     verdicts += [c["pass"] for c in memory["comparisons"] if c["pass"] is not None]
     results["all_pass"] = all(verdicts)
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2, default=float) + "\n")
-    print(f"\nall targets {'PASS' if results['all_pass'] else 'NOT MET'}; "
-          f"{results['elapsed_s']:.0f} s; results written to {output}")
+    output = write_json(results, args.output)
+    print_verdict(results, output)
     return 1 if args.strict and not results["all_pass"] else 0
 
 

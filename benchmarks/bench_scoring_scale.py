@@ -46,7 +46,6 @@ import argparse
 import contextlib
 import gc
 import io
-import json
 import math
 import os
 import platform
@@ -57,15 +56,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ["WANDB_MODE"] = "disabled"
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/<script>` finds the package
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks._common import ROOT, bootstrap_ratio_ci, median, pass_fail, print_rows, print_verdict, write_json
 
 RESULTS_PATH = ROOT / "benchmarks" / "results_scoring_scale.json"
 SEED = 0
@@ -95,24 +88,6 @@ FULL = {
 # ---------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------
-def _median(values: list[float]) -> float:
-    return float(statistics.median(values)) if values else math.nan
-
-
-def _bootstrap_ratio_ci(a: list[float], b: list[float], n_boot: int = 2000) -> list[float]:
-    """95% interval of median(a) / median(b), a and b resampled independently."""
-    import numpy as np
-
-    if len(a) < 2 or len(b) < 2:
-        return [math.nan, math.nan]
-    xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    rng = np.random.default_rng(SEED)
-    ma = np.median(xa[rng.integers(0, len(xa), size=(n_boot, len(xa)))], axis=1)
-    mb = np.median(xb[rng.integers(0, len(xb), size=(n_boot, len(xb)))], axis=1)
-    low, high = np.percentile(ma / mb, [2.5, 97.5])
-    return [float(low), float(high)]
-
-
 def _exponent(sizes: list[int], seconds: list[float]) -> float:
     """Slope of the least-squares line through (log n, log time)."""
     import numpy as np
@@ -278,7 +253,7 @@ def _model_load_seconds(bert: dict[str, Any], repeats: int) -> dict[str, float]:
             bert_score.BERTScorer(model_type=bert["path"], num_layers=bert["layers"], device="cpu")
             base.append(time.perf_counter() - start)
         gc.collect()
-    return {"ours_s": _median(ours), "baseline_s": _median(base)}
+    return {"ours_s": median(ours), "baseline_s": median(base)}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -309,7 +284,7 @@ def bench_metric(
                 times[side].append(time.perf_counter() - start)
                 cpu[side].append(time.process_time() - start_cpu)
         diff = _agreement(metric, got["ours"], got["baseline"])
-        ours_s, base_s = _median(times["ours"]), _median(times["baseline"])
+        ours_s, base_s = median(times["ours"]), median(times["baseline"])
         per_size.append(
             {
                 "n": n,
@@ -319,10 +294,10 @@ def bench_metric(
                 "ours_per_sample_s": ours_s / n,
                 "baseline_per_sample_s": base_s / n,
                 "speedup": base_s / ours_s,
-                "speedup_ci95": _bootstrap_ratio_ci(times["baseline"], times["ours"]),
-                "ours_cpu_s": _median(cpu["ours"]),
-                "baseline_cpu_s": _median(cpu["baseline"]),
-                "cpu_speedup": _median(cpu["baseline"]) / _median(cpu["ours"]),
+                "speedup_ci95": bootstrap_ratio_ci(times["baseline"], times["ours"], seed=SEED),
+                "ours_cpu_s": median(cpu["ours"]),
+                "baseline_cpu_s": median(cpu["baseline"]),
+                "cpu_speedup": median(cpu["baseline"]) / median(cpu["ours"]),
                 "cpu_times": cpu,
                 "max_abs_diff": diff,
                 "corpus": got["ours"]["corpus"],
@@ -365,10 +340,6 @@ def bench_metric(
 # ---------------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------------
-def _pf(flag: bool | None) -> str:
-    return "info" if flag is None else ("PASS" if flag else "FAIL")
-
-
 def _time(seconds: float, n: int) -> str:
     total = f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
     per = seconds / n * 1e6
@@ -402,7 +373,7 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
                 f"{m['baseline_exponent']:.2f}",
                 "",
                 f"<= {EXPONENT_TARGET}",
-                _pf(m["pass"]),
+                pass_fail(m["pass"]),
             )
         )
         rows.append(
@@ -454,18 +425,7 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
 
 def print_table(results: dict[str, Any]) -> list[list[str]]:
     rows = table_rows(results)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-
-    def render(row: list[str]) -> str:
-        pairs = zip(row, widths, strict=True)
-        return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(pairs))
-
-    lines = [render(r) for r in rows]
-    print()
-    print(lines[0])
-    print("-" * len(lines[0]))
-    for line in lines[1:]:
-        print(line)
+    print_rows(rows)
     print(
         "times: medians over interleaved repeats (whole one-shot calls); ratio = baseline time / ours, with a "
         "bootstrap 95% interval; exponent: d log(time) / d log(n)"
@@ -564,13 +524,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["elapsed_s"] = time.perf_counter() - started
     results["table"] = print_table(results)
     results["all_pass"] = all(m["pass"] for m in metrics.values())
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2, default=float) + "\n")
-    print(
-        f"\nall targets {'PASS' if results['all_pass'] else 'NOT MET'}; {results['elapsed_s']:.0f} s; "
-        f"results written to {output}"
-    )
+    output = write_json(results, args.output)
+    print_verdict(results, output)
     results["exit_code"] = 1 if args.strict and not results["all_pass"] else 0
     return results
 

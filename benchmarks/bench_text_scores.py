@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import platform
 import random
@@ -41,15 +40,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ["WANDB_MODE"] = "disabled"
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/<script>` finds the package
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks._common import ROOT, print_rows, print_verdict, write_json
 
 RESULTS_PATH = ROOT / "benchmarks" / "results_text_scores.json"
 SEED = 0
@@ -309,18 +302,7 @@ def print_table(results: dict[str, Any]) -> list[list[str]]:
                 "info",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-
-    def render(row: tuple[str, ...]) -> str:
-        pairs = zip(row, widths, strict=True)
-        return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(pairs))
-
-    lines = [render(r) for r in rows]
-    print()
-    print(lines[0])
-    print("-" * len(lines[0]))
-    for line in lines[1:]:
-        print(line)
+    print_rows(rows)
     print(f"\nROUGE per-sample F identical to rouge_score.RougeScorer: {rg['identical']} (fallback: {fb['identical']})")
     if bs:
         print(
@@ -385,13 +367,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["elapsed_s"] = time.perf_counter() - started
     results["all_pass"] = rouge["pass"] and (bert is None or bert["pass"])
     results["table"] = print_table(results)  # the rows `python -m benchmarks` collects
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2, default=float) + "\n")
-    print(
-        f"\nall targets {'PASS' if results['all_pass'] else 'NOT MET'}; "
-        f"{results['elapsed_s']:.0f} s; results written to {output}"
-    )
+    output = write_json(results, args.output)
+    print_verdict(results, output)
     if args.strict and not results["all_pass"]:
         sys.exit(1)
     return results
