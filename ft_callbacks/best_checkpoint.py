@@ -323,7 +323,7 @@ class BestCheckpointSaver(FtCallback, ExportableState):
         self.upload_to_wandb: Literal["end", "every_best"] | None = (
             "end" if upload_to_wandb is True else (upload_to_wandb or None)
         )
-        self._uploaded_step: int | None = None
+        self._uploaded: str | None = None  # the folder last logged as an artifact
         self.artifact_name = artifact_name
         self.output_dir = output_dir
         self.on_save_error = on_save_error
@@ -751,8 +751,8 @@ class BestCheckpointSaver(FtCallback, ExportableState):
             if state.is_world_process_zero:
                 _print(f"[ft_callbacks] BestCheckpointSaver loaded the best weights from {best.path}.")
         if state.is_world_process_zero:
-            if self.upload_to_wandb == "end" or (self.upload_to_wandb and self._uploaded_step != best.step):
-                self._upload(args, folder, best)  # "every_best" uploaded it already, unless that failed
+            if self.upload_to_wandb and self._uploaded != folder:  # "every_best" did, unless that failed
+                self._upload(args, folder, best)
             report_event(
                 args,
                 state,
@@ -775,6 +775,6 @@ class BestCheckpointSaver(FtCallback, ExportableState):
             )
             artifact.add_dir(folder)
             run.log_artifact(artifact, aliases=["best", f"step-{best.step}"])
-            self._uploaded_step = best.step
+            self._uploaded = folder
         except Exception as exc:
             notice_once("best_artifact", f"could not log the best checkpoint to wandb ({type(exc).__name__}: {exc}).")

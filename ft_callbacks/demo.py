@@ -110,7 +110,7 @@ def run_demo(
             report_to = "wandb"
             # The Trainer's own WandbCallback starts the run, and without a login it stops with "No API
             # key configured": the demo logs offline then, as it promises (WANDB_MODE set by the user wins).
-            if not os.environ.get("WANDB_MODE") and not SINK._has_api_key(wandb):
+            if not os.environ.get("WANDB_MODE") and not SINK.has_api_key(wandb):
                 os.environ["WANDB_MODE"] = "offline"
                 wandb.teardown()  # the key lookup cached wandb's settings; the next run reads the mode anew
         except ImportError:

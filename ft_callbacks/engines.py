@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 import torch
 
+from .distributed import rank
+
 Engine = Literal["FSDP", "DeepSpeed ZeRO-3"]
 
 
@@ -106,12 +108,6 @@ def full_state_dict(engine: Engine, model: Any, trainer: Any | None = None) -> d
     return trainer.accelerator.get_state_dict(engine_model(trainer, model))
 
 
-def _is_main() -> bool:
-    import torch.distributed as dist
-
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
 def load_full_state_dict(engine: Engine, model: Any, state_dict: dict[str, torch.Tensor], trainer: Any = None) -> None:
     """Put full weights (read on rank 0; other ranks may pass {}) into a sharded model, in place.
     Collective: every rank calls it. Keys absent from `state_dict` (weights tied to another one, which
@@ -126,7 +122,7 @@ def load_full_state_dict(engine: Engine, model: Any, state_dict: dict[str, torch
         return
     import deepspeed
 
-    main = _is_main()
+    main = rank() == 0
     with torch.no_grad():
         for prefix, submodule in model.named_modules():
             params = dict(submodule.named_parameters(prefix=prefix, recurse=False))

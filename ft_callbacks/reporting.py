@@ -67,7 +67,8 @@ class WandbSink:
         return wandb
 
     @staticmethod
-    def _has_api_key(wandb: Any) -> bool:
+    def has_api_key(wandb: Any) -> bool:
+        """Whether wandb has credentials (env or login), without prompting."""
         if os.environ.get("WANDB_API_KEY"):
             return True
         try:
@@ -110,7 +111,7 @@ class WandbSink:
 
     def _start(self, wandb: Any, run_name: str | None) -> Any:
         mode = os.environ.get("WANDB_MODE") or None
-        if mode is None and not self._has_api_key(wandb):
+        if mode is None and not self.has_api_key(wandb):
             mode = "offline"
         run = wandb.init(
             project=os.environ.get(_PROJECT_ENV, DEFAULT_PROJECT),

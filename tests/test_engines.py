@@ -27,7 +27,7 @@ import torch
 from ft_callbacks import GenerationScorer, toy
 from ft_callbacks.best_checkpoint import read_saved_weights
 
-from .helpers import run_torchrun
+from .helpers import lm_trainer, run_torchrun
 from .test_kit_distributed import (
     KIT,
     PROMPTS,
@@ -227,3 +227,26 @@ def test_fsdp2_gather_save_and_load_round_trip(fsdp2):
     assert r0["zeroed_checksum"] == 0.0  # the load really changed the sharded weights...
     assert r0["restored_equal"]  # ...and the saved file put every one of them back
 
+
+
+# -- 3. finding the Trainer -----------------------------------------------------------------------
+def test_find_trainer_reaches_the_trainer_running_the_callback_and_nothing_else(tokenizer, corpus, tmp_path):
+    """The sharded paths need the Trainer (its accelerator, its wrapped model), which a callback is not
+    handed: found from inside an event of a real Trainer; None for a callback driven by hand."""
+    from transformers import TrainerCallback
+
+    from ft_callbacks.engines import find_trainer, sharded_engine
+
+    seen = []
+
+    class Finder(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            seen.append((find_trainer(self), find_trainer(object()), sharded_engine(model, find_trainer(self))))
+
+    finder = Finder()
+    trainer = lm_trainer(tokenizer, corpus, tmp_path, [finder], max_steps=1)
+    other = lm_trainer(tokenizer, corpus, tmp_path / "other", [], max_steps=1)  # alive, not running
+    trainer.train()
+    assert len(seen) == 1 and seen[0][0] is trainer and seen[0][0] is not other
+    assert seen[0][1] is None and seen[0][2] is None  # another object; not a sharded engine
+    assert find_trainer(finder) is None  # outside any event
