@@ -9,7 +9,7 @@ last round dropped), and the numbers come from `core.label_metrics`, which calls
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -91,6 +91,12 @@ class LabelScorer(FtCallback):
         log_threshold_curve: bool = True,
     ) -> None:
         if label_names is not None:
+            if isinstance(label_names, (str, bytes)) or not isinstance(label_names, Iterable):
+                # A string is iterable too: "np" would silently become the classes 'n' and 'p'.
+                raise ConfigurationError(
+                    f"label_names={label_names!r} is not a list: give one name per class in id order, e.g. "
+                    "label_names=['negative', 'positive']."
+                )
             label_names = [str(name) for name in label_names]
             if len(label_names) < 2:
                 raise ConfigurationError(f"label_names={label_names!r}: a classifier needs at least two classes.")
@@ -170,8 +176,7 @@ class LabelScorer(FtCallback):
                 )
             names = self.label_names
         elif num_labels:
-            id2label = getattr(config, "id2label", None) or {}
-            names = [str(id2label.get(i, i)) for i in range(num_labels)]
+            names = _class_names(config, num_labels)
         else:
             names = None
         if names is not None:
@@ -321,6 +326,27 @@ class LabelScorer(FtCallback):
             ctx.add_media(f"{prefix}/threshold_table", _threshold_table(report.threshold_curve))
 
 
+def _class_names(config: Any, num_labels: int) -> list[str]:
+    """Class names in id order from a model config: `id2label`, unless it holds only the placeholder
+    names `LABEL_<i>` while `label2id` has the real ones (what transformers 5 leaves after run_glue.py
+    sets `label2id` alone)."""
+    id2label = getattr(config, "id2label", None) or {}
+    names = [str(id2label.get(i, id2label.get(str(i), i))) for i in range(num_labels)]
+    placeholder = all(name == f"LABEL_{i}" for i, name in enumerate(names))
+    label2id = getattr(config, "label2id", None) or {}
+    if placeholder and label2id:
+        by_id = {}
+        for name, i in label2id.items():
+            try:
+                by_id[int(i)] = str(name)
+            except (TypeError, ValueError):
+                return names
+        real = [by_id.get(i) for i in range(num_labels)]
+        if all(real) and len(set(real)) == num_labels and real != names:
+            return real  # type: ignore[return-value]
+    return names
+
+
 def format_confusion_matrix(matrix: np.ndarray, names: Sequence[str], title: str = "confusion matrix") -> str:
     """The matrix as aligned text: rows are true labels, columns predictions."""
     names = [str(n) for n in names]
@@ -384,9 +410,7 @@ def label_metrics(
     skipped with one notice)."""
     if inputs not in ("logits", "probabilities", "predictions"):
         raise ConfigurationError(f"inputs={inputs!r} is not valid: use 'logits', 'probabilities' or 'predictions'.")
-    names = [str(n) for n in label_names] if label_names is not None else None
-    if names is not None:
-        LabelScorer(label_names=names, positive_label=positive_label)  # the same checks
+    names = LabelScorer(label_names=label_names, positive_label=positive_label).label_names  # the same checks
     accumulator = LabelAccumulator(num_classes=len(names) if names else None)
 
     def compute_metrics(eval_pred: Any, compute_result: bool = True) -> dict[str, float]:
