@@ -14,6 +14,7 @@ all of them before the `on_evaluate` that follows.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from transformers import TrainerCallback
@@ -21,11 +22,42 @@ from transformers import TrainerCallback
 from ._compat import eval_strategy
 from .core.errors import ConfigurationError
 from .core.modes import infer_mode, normalize_metric_name
-from .reporting import EvaluationContext, _print, final_dashboard, flush_evaluation
+from .reporting import (
+    OURS_PREFIX,
+    SINK,
+    EvaluationContext,
+    _print,
+    final_dashboard,
+    flush_evaluation,
+    notice_once,
+)
 
 __all__ = ["ConfigurationError", "FtCallback", "missing_monitor_error", "monitor_skipped"]
 
 _HUB_ATTR = "_ft_callbacks_hub"
+# The one argument our `state()` gives the Trainer to rebuild a callback with (see `FtCallback.__new__`).
+RESTORE_IN_PLACE = "ft_callbacks_restore_in_place"
+
+# Which of our callbacks adds which metric (without prefix), for "add X to callbacks" before step 1.
+# Only names that nobody else is likely to produce: `accuracy` or `rougeL` may well come from the
+# user's compute_metrics, `perplexity` and `loss_gap` only from us.
+_GENERATION_ONLY = ("bertscore_precision", "bertscore_recall", "bertscore_f1", "chrf")
+_OVERFIT_GUARD_ONLY = (
+    "token_loss", "perplexity", "bits_per_token", "bits_per_byte", "train_loss", "train_sample_loss", "loss_gap",
+    "loss_ratio",
+)  # fmt: skip
+_GENERATION_NAMES = ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", "exact_match", *_GENERATION_ONLY)
+
+
+def producer_of(name: str) -> tuple[str, bool] | None:
+    """(callback to add, whether only it can produce the metric) for a metric name without prefix."""
+    base = name.removeprefix(OURS_PREFIX)
+    if base in _OVERFIT_GUARD_ONLY:
+        return "OverfitGuard()", True
+    stem = base.removesuffix("_delta")
+    if stem in _GENERATION_NAMES:
+        return "GenerationScorer(prompts=..., references=...)", stem in _GENERATION_ONLY or base != stem
+    return None
 
 
 def missing_monitor_error(owner: str, monitor: str, ctx: EvaluationContext) -> ConfigurationError:
@@ -49,8 +81,9 @@ def require_evaluations(args: Any, owner: str, what: str, alternative: str = "")
 
 def monitor_skipped(owner: str, monitor: str, ctx: EvaluationContext) -> bool:
     """For a monitored metric missing from an evaluation: True (after a notice) when one of our
-    callbacks produces it and only skipped this round (its generation or scoring failed), so the
-    caller treats it as "no improvement this time"; otherwise the configuration is wrong and this raises."""
+    callbacks produces it and only skipped this round (its generation or scoring failed, or it scores
+    every n-th evaluation), so the caller leaves this evaluation out; otherwise the configuration is
+    wrong and this raises."""
     if monitor in _Hub.of(ctx.state).produced_metrics(ctx.prefix):
         if ctx.is_main:
             _print(f"[ft_callbacks] step {ctx.step} | {owner}: {monitor} is missing this evaluation (its producer "
@@ -59,10 +92,48 @@ def monitor_skipped(owner: str, monitor: str, ctx: EvaluationContext) -> bool:
     raise missing_monitor_error(owner, monitor, ctx)
 
 
+def check_monitor_source(owner: str, monitor: str, hub: _Hub, is_main: bool) -> None:
+    """Before the first step: a monitored metric that no evaluation will produce fails now, naming the
+    callback that would add it; one that may come from the user's compute_metrics gets a notice."""
+    prefix = hub.prefix_of(monitor)
+    if monitor in {f"{prefix}_loss"} | hub.produced_metrics(prefix) or monitor in hub.seen_metrics:
+        return
+    name = monitor.removeprefix(f"{prefix}_")
+    producer = producer_of(name)
+    has_compute_metrics = hub.compute_metrics_set()
+    if producer is not None and (producer[1] or has_compute_metrics is False):
+        raise ConfigurationError(
+            f"{owner} monitors {monitor!r}, which {producer[0].split('(')[0]} adds at each evaluation, and none is "
+            f"among the callbacks: add {producer[0]} to callbacks, or monitor a metric the evaluation has "
+            "(e.g. 'eval_loss'). If your own compute_metrics returns it, set TrainingArguments(eval_on_start=True) "
+            "so it is checked at step 0 instead."
+        )
+    if has_compute_metrics is False and hub.trainer_is_plain():
+        raise ConfigurationError(
+            f"{owner} monitors {monitor!r}, but the Trainer has no compute_metrics and none of the callbacks "
+            f"adds it, so no evaluation will produce it. Monitor 'eval_loss', add compute_metrics returning "
+            f"{name!r}, or add the callback that produces it."
+        )
+    if is_main:
+        # Could come from the user's compute_metrics (or a Trainer subclass), which only an evaluation reveals.
+        notice_once(
+            f"monitor:{owner}:{monitor}",
+            f"{owner} monitors {monitor!r}, which none of the ft_callbacks callbacks produce; it must come from "
+            "compute_metrics. It is checked at the first evaluation (eval_on_start=True checks it before the first "
+            "training step).",
+        )
+
+
 class _Hub:
+    """The ft_callbacks callbacks of one Trainer run, and what they need to know of each other."""
+
     def __init__(self) -> None:
         self.members: list[FtCallback] = []
         self._handled: Any = None  # the metrics dict of the evaluation already handled
+        self._ended: set[int] = set()
+        self.training = False
+        self.seen_metrics: set[str] = set()  # every key any evaluation of this run had
+        self._trainer: Any = None  # weak reference to the Trainer, found from a callback event
 
     @staticmethod
     def of(state: Any) -> _Hub:
@@ -73,6 +144,74 @@ class _Hub:
             object.__setattr__(state, _HUB_ATTR, hub)
         return hub
 
+    # -- the Trainer ---------------------------------------------------------------------------
+    def attach_trainer(self, callback: FtCallback) -> None:
+        if self.trainer is None:
+            from .engines import find_trainer
+
+            trainer = find_trainer(callback)
+            self._trainer = weakref.ref(trainer) if trainer is not None else None
+
+    @property
+    def trainer(self) -> Any:
+        return self._trainer() if self._trainer is not None else None
+
+    def compute_metrics_set(self) -> bool | None:
+        """Whether the Trainer has a compute_metrics (None: no Trainer found, unknown)."""
+        trainer = self.trainer
+        return None if trainer is None else getattr(trainer, "compute_metrics", None) is not None
+
+    def trainer_is_plain(self) -> bool:
+        """A plain `transformers.Trainer`/`Seq2SeqTrainer`: no subclass that could add eval metrics of its own."""
+        from transformers import Seq2SeqTrainer, Trainer
+
+        return type(self.trainer) in (Trainer, Seq2SeqTrainer)
+
+    def eval_dataset_names(self) -> list[str] | None:
+        """The names of a dict `eval_dataset` (the Trainer evaluates each as `eval_<name>_*`), else None."""
+        dataset = getattr(self.trainer, "eval_dataset", None)
+        return [str(name) for name in dataset] if isinstance(dataset, dict) else None
+
+    def prefix_of(self, monitor: str) -> str:
+        for name in self.eval_dataset_names() or ():
+            if monitor.startswith(f"eval_{name}_"):
+                return f"eval_{name}"
+        return "eval"
+
+    def resolve_monitor(self, owner: str, monitor: str, dataset_name: str | None, is_main: bool) -> str:
+        """`monitor` as the evaluation names it: with a dict eval_dataset, the metric of the dataset the
+        user names (`eval_dataset_name=`), by default the first one (said once)."""
+        names = self.eval_dataset_names()
+        if names is None:
+            if dataset_name is not None:
+                raise ConfigurationError(
+                    f"{owner}(eval_dataset_name={dataset_name!r}) needs a dict eval_dataset "
+                    "(Trainer(eval_dataset={'name': dataset, ...})); this Trainer has a single one: drop the option."
+                )
+            return monitor
+        if dataset_name is not None and dataset_name not in names:
+            raise ConfigurationError(
+                f"{owner}(eval_dataset_name={dataset_name!r}) names no eval dataset; the Trainer's are {names}."
+            )
+        named = next((n for n in names if monitor.startswith(f"eval_{n}_")), None)
+        if named is not None:
+            if dataset_name is not None and named != dataset_name:
+                raise ConfigurationError(
+                    f"{owner} monitors {monitor!r} (eval dataset {named!r}) but eval_dataset_name={dataset_name!r}: "
+                    "make them agree."
+                )
+            return monitor
+        chosen = dataset_name or names[0]
+        resolved = f"eval_{chosen}_{monitor.removeprefix('eval_')}"
+        if dataset_name is None and is_main:
+            notice_once(
+                f"eval_dataset:{owner}:{monitor}",
+                f"eval_dataset has {len(names)} datasets ({', '.join(names)}): {owner} decides on {resolved!r} "
+                f"(the first dataset). Pass {owner}(eval_dataset_name=...) to choose another.",
+            )
+        return resolved
+
+    # -- once per run --------------------------------------------------------------------------
     def check_training_arguments(self, args: Any) -> None:
         """Interplay with TrainingArguments that no single callback owns, once per training run."""
         metric = getattr(args, "metric_for_best_model", None)
@@ -87,11 +226,17 @@ class _Hub:
                 "TrainingArguments(greater_is_better=False)."
             )
 
+    def train_began(self, callback: FtCallback, args: Any) -> None:
+        self.training = True
+        self.attach_trainer(callback)
+        SINK.configure(args)
+
     def train_ended(self, callback: FtCallback, args: Any, state: Any) -> None:
         """Called by each member at train end; once all have finished, the run's overview goes out."""
-        self._ended = getattr(self, "_ended", set()) | {id(callback)}
+        self._ended.add(id(callback))
         if all(id(m) in self._ended for m in self.members):
             self._ended = set()
+            self.training = False
             final_dashboard(args, state)
 
     def register(self, callback: FtCallback) -> None:
@@ -102,12 +247,15 @@ class _Hub:
         names: set[str] = set()
         for member in self.members:
             names.update(f"{prefix}_{name}" for name in member.produces())
+            names.update(f"{prefix}_{OURS_PREFIX}{name}" for name in member.produces())
         return names
 
     def run_evaluation(self, args: Any, state: Any, control: Any, metrics: dict[str, Any], kwargs: dict) -> None:
         if metrics is None or metrics is self._handled:
             return
         self._handled = metrics
+        if not self.training:
+            SINK.configure(args)  # a standalone evaluate(): follow this run's report_to too
         ctx = EvaluationContext(
             args=args,
             state=state,
@@ -117,13 +265,37 @@ class _Hub:
             processing_class=kwargs.get("processing_class") or kwargs.get("tokenizer"),
             train_dataloader=kwargs.get("train_dataloader"),
             eval_dataloader=kwargs.get("eval_dataloader"),
+            training=self.training,
         )
         members = list(self.members)
         for member in members:
             member.compute(ctx)
+        self.seen_metrics.update(metrics)
+        for member in members:
+            monitor = getattr(member, "monitor", None)
+            if isinstance(monitor, str) and monitor in ctx.renamed and ctx.is_main:
+                notice_once(
+                    f"follows:{id(member)}:{monitor}",
+                    f"{type(member).__name__} monitors {monitor!r}: it follows the value from compute_metrics; "
+                    f"monitor {ctx.renamed[monitor]!r} to follow ft_callbacks' own.",
+                )
         for member in members:
             member.decide(ctx)
-        flush_evaluation(ctx)
+        flush_evaluation(ctx, self.produced_metrics(ctx.prefix))
+
+
+class _RestoredInPlace(TrainerCallback):
+    """What the Trainer gets when it rebuilds one of our callbacks from a checkpoint
+    (`restore_callback_states_from_checkpoint=True`): an inert stand-in. The Trainer then fails to
+    remove the user's own instance (it removes by the stand-in's class) and that instance, the one the
+    user holds, restores its state itself from the checkpoint, as it does with the flag off. So the
+    callback keeps everything its constructor got (prompts, datasets, callables) and the user's handle
+    stays the live object."""
+
+    restores: str = ""
+
+
+_stand_ins: dict[str, type] = {}
 
 
 class FtCallback(TrainerCallback):
@@ -135,6 +307,16 @@ class FtCallback(TrainerCallback):
     - `validate(args, state, hub)`: checks run once, after every callback's `on_train_begin` and
       before the first training step.
     Subclasses that override an event handler call `super()` so the registry stays complete."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get(RESTORE_IN_PLACE):
+            # One stand-in class per callback class: the Trainer warns when two of one class are added.
+            stand_in = _stand_ins.get(cls.__name__)
+            if stand_in is None:
+                stand_in = type(f"{cls.__name__}RestoredInPlace", (_RestoredInPlace,), {"restores": cls.__name__})
+                _stand_ins[cls.__name__] = stand_in
+            return stand_in()
+        return super().__new__(cls)
 
     def produces(self) -> set[str]:
         return set()
@@ -153,11 +335,50 @@ class FtCallback(TrainerCallback):
         hub.register(self)
         return hub
 
+    # -- state kept in the Trainer's checkpoints ---------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What this callback needs to resume (plain JSON values); subclasses with state override it."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict()` returned."""
+
+    def state(self) -> dict[str, Any]:
+        """ExportableState, written into every checkpoint's trainer_state.json. The Trainer rebuilds a
+        callback from `args` (with `restore_callback_states_from_checkpoint=True`); ours asks for an
+        in-place restore instead (see `_RestoredInPlace`)."""
+        settings = self._simple_settings()
+        return {"args": {RESTORE_IN_PLACE: True}, "attributes": {"settings": settings, "state": self.state_dict()}}
+
+    def _simple_settings(self) -> dict[str, Any]:
+        """The constructor arguments that are plain values: enough to tell two callbacks of one class apart."""
+        simple = (str, int, float, bool, type(None))
+        return {k: v for k, v in getattr(self, "_init_args", {}).items() if isinstance(v, simple)}
+
+    def saved_state(self, state: Any) -> dict[str, Any] | None:
+        """This callback's entry in the checkpoint being resumed (`state.stateful_callbacks`), or None.
+        With several callbacks of one class, the one with the same simple settings (else by position)."""
+        entry = (state.stateful_callbacks or {}).get(type(self).__name__)
+        if isinstance(entry, list):
+            mine = self._simple_settings()
+            same = [e for e in entry if isinstance(e, dict) and e.get("attributes", {}).get("settings") == mine]
+            peers = [m for m in _Hub.of(state).members if type(m) is type(self)]
+            position = next((i for i, m in enumerate(peers) if m is self), 0)
+            entry = same[0] if same else (entry[position] if position < len(entry) else None)
+        if not isinstance(entry, dict):
+            return None
+        attributes = entry.get("attributes") or {}
+        if "state" in attributes:
+            return attributes["state"]
+        # Checkpoints of earlier versions.
+        return attributes.get("_restored_state") or attributes.get("_restored")
+
+    # -- events ----------------------------------------------------------------------------------
     def on_init_end(self, args, state, control, **kwargs):
         self._hub(state)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._hub(state)
+        self._hub(state).train_began(self, args)
         self._validated = False
 
     def on_step_begin(self, args, state, control, **kwargs):

@@ -3,48 +3,83 @@
 At an evaluation, results are collected on an `EvaluationContext` and flushed once:
   1. into the evaluation's `metrics` dict (`eval_perplexity`, ...) as soon as they are added, so
      `metric_for_best_model`, `save_strategy="best"`, HF's `EarlyStoppingCallback` and our other
-     callbacks can read them;
-  2. into `state.log_history` (merged into the Trainer's own entry for this evaluation), so they are
-     in `trainer_state.json`;
-  3. to wandb, in the run the Trainer's `WandbCallback` uses (or one we start), with its key style
-     (`eval/perplexity`) and step axis (`train/global_step`), from rank 0 only;
-  4. as one console line.
+     callbacks can read them. A key the user's `compute_metrics` (or the Trainer) already set is never
+     overwritten: ours is published as `eval_ft_<name>` instead, announced once;
+  2. into `state.log_history`, merged into the Trainer's own entry for this evaluation, with the same
+     keys at every evaluation of a training run (a value not measured this time is `None`), because
+     `transformers.modelcard.parse_log_history` builds the model card's table from those entries.
+     Run-level facts (best so far, stop reason, checkpoint paths) never go into evaluation entries:
+     they get an entry of their own when they change, and go to the wandb summary;
+  3. to every tracker the user named in `report_to` (TensorBoard, MLflow, wandb, ...), through the
+     Trainer's own integration callbacks (`on_log`), at the evaluation's step, with their key style;
+     wandb additionally gets tables, charts and the run summary, only when `report_to` names it;
+  4. to the console, as one short block after the evaluation.
 Events outside an evaluation (a stop on a NaN step, a checkpoint written) use `report_event`.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._compat import rewrite_logs
-
-_PROJECT_ENV = "WANDB_PROJECT"
-DEFAULT_PROJECT = "ft-callbacks"
+_TRACKERS_ATTR = "_ft_callbacks_trackers"
+_FACTS_ATTR = "_ft_callbacks_published_facts"
+# Integrations that report_to can name but that are no metric trackers.
+_NOT_TRACKERS = {"CodeCarbonCallback"}
+OURS_PREFIX = "ft_"  # what a colliding result of ours is renamed with: eval_rougeL -> eval_ft_rougeL
 
 
 def _print(line: str) -> None:
-    # tqdm.write keeps the Trainer's progress bar intact.
+    """One console line that never lands on a progress bar's line: the bars (stderr) are cleared, the
+    line is written and flushed to stdout at once (a buffered stdout in a pipe would print it later, on
+    top of a redrawn bar), then the bars are drawn again."""
     try:
         from tqdm.auto import tqdm
 
-        tqdm.write(line)
+        with tqdm.external_write_mode(file=sys.stdout):
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
     except Exception:  # pragma: no cover - tqdm ships with transformers
         print(line, flush=True)
 
 
+def reports_to(args: Any, name: str) -> bool:
+    """Whether the user's `TrainingArguments.report_to` names the integration `name` ("wandb", ...)."""
+    report_to = getattr(args, "report_to", None)
+    if report_to is None:
+        return False
+    if isinstance(report_to, str):
+        report_to = [report_to]
+    return name in report_to or "all" in report_to
+
+
 class WandbSink:
-    """Finds (or starts) the wandb run and logs to it; never lets a wandb problem stop training."""
+    """wandb's extras for the current run (tables, charts, summary, artifacts): only when the user's
+    `report_to` names wandb, only into the run the Trainer's `WandbCallback` started (we never start
+    one: no hidden run, and no `wandb.init` that can block a training step on a dead network), and
+    never letting a wandb problem stop training."""
 
     def __init__(self) -> None:
         self._notices: set[str] = set()
         self._axis_defined: set[str] = set()
-        self.owned_run: Any = None
-        self.init_failed = False  # wandb.init raised once: do not try again in this process
+        self.enabled = False  # decided per run from report_to, by `configure`
+
+    def configure(self, args: Any) -> None:
+        """Follow the user's choice for this run: wandb only when `report_to` names it."""
+        self.enabled = reports_to(args, "wandb")
+        if not self.enabled:
+            self.notice(
+                "report_to",
+                "report_to does not name wandb, so ft_callbacks logs nothing to wandb: its results go to "
+                "log_history, trainer_state.json, the console and the trackers report_to names. For wandb's "
+                "charts and tables, set TrainingArguments(report_to=['wandb', ...]).",
+            )
 
     def notice(self, key: str, message: str) -> None:
         if key not in self._notices:
@@ -52,17 +87,19 @@ class WandbSink:
             _print(f"[ft_callbacks] {message}")
 
     def _wandb(self) -> Any:
+        if not self.enabled:
+            return None
         if os.environ.get("WANDB_MODE", "").lower() == "disabled" or os.environ.get(
             "WANDB_DISABLED", ""
         ).lower() in ("1", "true", "yes"):
             self.notice("disabled", "wandb is disabled (WANDB_MODE=disabled): results go to the console and "
-                        "trainer_state.json only.")
+                        "trainer_state.json only.")  # fmt: skip
             return None
         try:
             import wandb
         except ImportError:
             self.notice("missing", "wandb is not installed: results go to the console and trainer_state.json "
-                        "only. Install it with `pip install 'ft-callbacks[wandb]'`.")
+                        "only. Install it with `pip install 'ft-callbacks[wandb]'`.")  # fmt: skip
             return None
         return wandb
 
@@ -77,93 +114,60 @@ class WandbSink:
             return False
 
     def run(self, run_name: str | None = None) -> Any:
-        """The active run (the Trainer's, or ours), or None when wandb is off or failing."""
+        """The active wandb run the Trainer started, or None when wandb is off, not chosen or failing.
+        (`run_name` is accepted for callers of earlier versions and unused.)"""
         wandb = self._wandb()
         if wandb is None:
             return None
         run = wandb.run
-        if run is not None and getattr(run, "_is_finished", False):
-            run = None
-        if run is None:
-            if self.init_failed:
-                # Once is enough: with the network down every wandb.init can block for its whole
-                # timeout. A run the user (or the Trainer) starts later is still picked up above.
-                return None
-            try:
-                run = self._start(wandb, run_name)
-            except Exception as exc:  # no network, bad key, ... : keep training
-                self.init_failed = True
-                self.notice("init", f"could not start a wandb run ({type(exc).__name__}: {exc}); "
-                            "results go to the console and trainer_state.json only.")
-                return None
+        if run is None or getattr(run, "_is_finished", False):
+            self.notice("no_run", "report_to names wandb, but no wandb run is active (the Trainer's WandbCallback "
+                        "did not start one); ft_callbacks' wandb tables and summary are skipped.")  # fmt: skip
+            return None
         if run.id not in self._axis_defined:
             self._axis_defined.add(run.id)
-            if run is not self.owned_run:
-                self._notice_offline(run)
+            self._notice_offline(run)
             try:
-                # The Trainer's WandbCallback defines the same axis; repeating it is harmless and
-                # covers runs we started ourselves.
+                # The Trainer's WandbCallback defines the same axis; repeating it is harmless.
                 run.define_metric("train/global_step")
                 run.define_metric("*", step_metric="train/global_step", step_sync=True)
             except Exception:
                 pass
         return run
 
-    def _start(self, wandb: Any, run_name: str | None) -> Any:
-        mode = os.environ.get("WANDB_MODE") or None
-        if mode is None and not self.has_api_key(wandb):
-            mode = "offline"
-        run = wandb.init(
-            project=os.environ.get(_PROJECT_ENV, DEFAULT_PROJECT),
-            name=run_name,
-            mode=mode,
-        )
-        self.owned_run = run
-        self._notice_offline(run, forced=mode == "offline")
-        return run
-
-    def _notice_offline(self, run: Any, forced: bool = False) -> None:
+    def _notice_offline(self, run: Any) -> None:
         try:
-            offline = forced or bool(getattr(run.settings, "_offline", False))
+            offline = bool(getattr(run.settings, "_offline", False))
             run_dir = os.path.dirname(run.dir.rstrip(os.sep))
         except Exception:
             return
         if offline:
-            self.notice("offline", f"wandb is logging offline to {run_dir} (no API key or network). "
-                        f"Watch it with `wandb leet {run_dir}`; upload it later with `wandb sync {run_dir}`.")
+            why = "WANDB_MODE=offline" if os.environ.get("WANDB_MODE", "").lower() == "offline" else "offline mode"
+            self.notice("offline", f"wandb is logging offline to {run_dir} ({why}). Watch it with "
+                        f"`wandb leet {run_dir}`; upload it later with `wandb sync {run_dir}`.")  # fmt: skip
 
     def log(self, data: dict[str, Any], step: int, run_name: str | None = None) -> None:
         if not data:
             return
-        run = self.run(run_name)
+        run = self.run()
         if run is None:
             return
-        payload = {**data, "train/global_step": step}
         try:
-            run.log(payload)
+            run.log({**data, "train/global_step": step})
         except Exception as exc:
             self.notice(f"log:{type(exc).__name__}", f"wandb.log failed ({type(exc).__name__}: {exc}); "
-                        "continuing without wandb for these values.")
+                        "continuing without wandb for these values.")  # fmt: skip
 
     def summarize(self, values: dict[str, Any], run_name: str | None = None) -> None:
         if not values:
             return
-        run = self.run(run_name)
+        run = self.run()
         if run is None:
             return
         try:
             run.summary.update(values)
         except Exception as exc:
             self.notice("summary", f"could not write the wandb summary ({type(exc).__name__}: {exc}).")
-
-    def finish_owned(self) -> None:
-        """Finish the run we started ourselves (never the Trainer's or the user's)."""
-        if self.owned_run is not None:
-            try:
-                self.owned_run.finish()
-            except Exception:
-                pass
-            self.owned_run = None
 
 
 SINK = WandbSink()
@@ -186,7 +190,8 @@ def _fmt(value: Any) -> str:
 @dataclass
 class EvaluationContext:
     """One evaluation as our callbacks see it. `add()` puts a result straight into the Trainer's
-    `metrics` dict (so the next callback can read it) and queues it for log_history, wandb and console."""
+    `metrics` dict (so the next callback can read it) and queues it for log_history, the trackers and
+    the console."""
 
     args: Any
     state: Any
@@ -196,12 +201,14 @@ class EvaluationContext:
     processing_class: Any = None
     train_dataloader: Any = None
     eval_dataloader: Any = None
+    training: bool = False  # inside trainer.train() (not a standalone evaluate())
     results: dict[str, float] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     media: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
     console: list[str] = field(default_factory=list)
     blocks: list[str] = field(default_factory=list)  # multi-line console output (a confusion matrix)
-    quiet: set[str] = field(default_factory=set)  # result keys left out of the console line
+    quiet: set[str] = field(default_factory=set)  # result keys left out of the console block
+    renamed: dict[str, str] = field(default_factory=dict)  # a user's key we did not overwrite -> our key
 
     @property
     def prefix(self) -> str:
@@ -220,12 +227,24 @@ class EvaluationContext:
         return bool(self.state.is_world_process_zero)
 
     def key(self, name: str) -> str:
-        return f"{self.prefix}_{name}"
+        """The key our result `name` has in this evaluation (`eval_ft_<name>` if the user's is `eval_<name>`)."""
+        key = f"{self.prefix}_{name}"
+        return self.renamed.get(key, key)
 
     def add(self, name: str, value: float | int | None, show: bool = True) -> str:
         """Add a result under the Trainer's naming (`perplexity` -> `eval_perplexity`); `show=False`
-        keeps it off the console line (it is still logged everywhere else)."""
-        key = self.key(name)
+        keeps it off the console block (it is still logged everywhere else). Returns the key used: when
+        the evaluation already has that key from the user's `compute_metrics`, theirs is kept and ours
+        goes in as `eval_ft_<name>`."""
+        key = f"{self.prefix}_{name}"
+        if key not in self.renamed and key in self.metrics and key not in self.results:
+            self.renamed[key] = f"{self.prefix}_{OURS_PREFIX}{name}"
+            notice_once(
+                f"renamed:{key}",
+                f"the evaluation already has {key} (from compute_metrics): it is kept as it is, and ft_callbacks' "
+                f"own value is reported as {self.renamed[key]}.",
+            )
+        key = self.renamed.get(key, key)
         if value is None:
             return key
         value = float(value)
@@ -235,9 +254,13 @@ class EvaluationContext:
             self.quiet.add(key)
         return key
 
+    def value(self, name: str) -> float | None:
+        """Our own result `name` of this evaluation (never the user's value of the same name)."""
+        return self.results.get(self.key(name))
+
     def add_summary(self, name: str, value: Any) -> None:
-        """A run-level value (best so far, stop reason): wandb summary and log_history, under
-        `summary_key(name)`."""
+        """A run-level value (best so far, stop reason): wandb summary, and a log_history entry of
+        its own when it changes, under `summary_key(name)`."""
         self.summary[name] = value
 
     def add_media(self, name: str, build: Callable[[Any], Any]) -> None:
@@ -245,33 +268,154 @@ class EvaluationContext:
         self.media[name] = build
 
 
-def flush_evaluation(ctx: EvaluationContext) -> None:
-    """Send what the callbacks added during one evaluation everywhere it belongs, once."""
-    state = ctx.state
-    entry: dict[str, Any] = {**ctx.results, **{summary_key(k): v for k, v in ctx.summary.items()}}
-    if entry:
-        history = state.log_history
-        last = history[-1] if history else None
-        # The Trainer appended its entry for this evaluation just before on_evaluate; keep our
-        # values beside eval_loss in the same record.
-        if last is not None and last.get("step") == ctx.step and f"{ctx.prefix}_runtime" in last:
-            last.update(entry)
-        else:
-            history.append({**entry, "epoch": state.epoch, "step": ctx.step})
-    if not ctx.is_main:
+# -- the trackers report_to names ------------------------------------------------------------------
+def _find_trainer_of(state: Any) -> Any | None:
+    """The Trainer whose state is `state`, from the calling frames (callbacks are not handed it)."""
+    try:
+        from transformers import Trainer
+    except ImportError:  # pragma: no cover
+        return None
+    frame = sys._getframe(1)
+    while frame is not None:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, Trainer) and getattr(candidate, "state", None) is state:
+            return candidate
+        frame = frame.f_back
+    return None
+
+
+def trackers(state: Any) -> list[Any]:
+    """The Trainer's reporting integration callbacks (`report_to`: TensorBoard, MLflow, wandb, ...),
+    found once per TrainerState."""
+    found = getattr(state, _TRACKERS_ATTR, None)
+    if found is not None:
+        return found
+    found = []
+    trainer = _find_trainer_of(state)
+    if trainer is not None:
+        try:
+            from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+            kinds = tuple(c for c in INTEGRATION_TO_CALLBACK.values() if c.__name__ not in _NOT_TRACKERS)
+        except ImportError:  # pragma: no cover
+            kinds = ()
+        found = [cb for cb in trainer.callback_handler.callbacks if kinds and isinstance(cb, kinds)]
+        # A plain attribute, not a dataclass field: TrainerState.save_to_json never sees it.
+        object.__setattr__(state, _TRACKERS_ATTR, found)
+    return found
+
+
+def _to_trackers(args: Any, state: Any, scalars: dict[str, float], step: int) -> None:
+    """Hand scalars to each tracker's own `on_log`, at `step` (a late background round keeps its step)."""
+    if not scalars:
         return
-    run_name = _run_name(ctx.args)
-    data: dict[str, Any] = rewrite_logs(ctx.results)
-    if ctx.media:
+    at_step = state
+    if step != state.global_step:
+        at_step = copy.copy(state)
+        at_step.global_step = step
+    for tracker in trackers(state):
+        try:
+            tracker.on_log(args, at_step, None, logs=dict(scalars))
+        except Exception as exc:  # a tracker's problem never stops training
+            SINK.notice(f"tracker:{type(tracker).__name__}", f"{type(tracker).__name__} could not log ft_callbacks' "
+                        f"results ({type(exc).__name__}: {exc}); training continues.")  # fmt: skip
+
+
+def _changed_facts(state: Any, facts: dict[str, Any]) -> dict[str, Any]:
+    """The run-level facts that differ from what this run last put into log_history."""
+    published = getattr(state, _FACTS_ATTR, None)
+    if published is None:
+        published = {}
+        object.__setattr__(state, _FACTS_ATTR, published)
+    changed = {k: v for k, v in facts.items() if k not in published or published[k] != v}
+    published.update(changed)
+    return changed
+
+
+def _align_evaluation_keys(history: list[dict[str, Any]], entry: dict[str, Any], prefix: str, ours: set[str]) -> None:
+    """Give every evaluation entry of this training run the same keys of ours (None where a value was
+    not measured), as the model card's table needs: its columns come from the first entry."""
+    runtime = f"{prefix}_runtime"
+    start = next((i + 1 for i in range(len(history) - 1, -1, -1) if "train_runtime" in history[i]), 0)
+    entries = [e for e in history[start:] if runtime in e]
+    if entry not in entries:
+        entries.append(entry)
+    keys = list(dict.fromkeys(k for e in entries for k in e if k in ours))
+    mine = set(keys)
+    for e in entries:
+        # Rebuilt in place, ours last in one order: the card writes each row's values in its own key order.
+        others = [(k, v) for k, v in e.items() if k not in mine]
+        values = [(k, e.get(k)) for k in keys]
+        e.clear()
+        e.update(others)
+        e.update(values)
+
+
+def publish(
+    args: Any,
+    state: Any,
+    step: int,
+    scalars: dict[str, float] | None = None,
+    facts: dict[str, Any] | None = None,
+    media: dict[str, Callable[[Any], Any]] | None = None,
+    lines: list[str] | None = None,
+    entry: dict[str, Any] | None = None,
+) -> None:
+    """The one way out: `scalars` (full keys, e.g. `eval_perplexity`) into `entry` (an existing
+    log_history entry; else a new one at `step`), to every tracker and to wandb at `step`; run-level
+    `facts` (wandb summary; a log_history entry of their own when they changed); wandb `media`; console
+    `lines`. log_history is written on every rank (it is every rank's trainer_state.json); the rest on
+    rank 0 only."""
+    scalars = scalars or {}
+    if scalars:
+        if entry is not None:
+            entry.update(scalars)
+        else:
+            history = state.log_history
+            # In step order, also when a background round lands after later entries.
+            at = next((i for i, e in enumerate(history) if e.get("step", 0) > step), len(history))
+            epoch = (state.epoch or 0.0) * step / state.global_step if state.global_step else 0.0
+            history.insert(at, {**scalars, "epoch": epoch, "step": step})
+    facts = {summary_key(k): v for k, v in (facts or {}).items()}
+    changed = _changed_facts(state, facts)
+    if changed:
+        state.log_history.append({**changed, "epoch": state.epoch, "step": step})
+    if not state.is_world_process_zero:
+        return
+    _to_trackers(args, state, scalars, step)
+    if media:
         wandb = SINK._wandb()
+        data: dict[str, Any] = {}
         if wandb is not None:
-            for name, build in ctx.media.items():
+            for name, build in media.items():
                 try:
                     data[name] = build(wandb)
                 except Exception as exc:
                     SINK.notice(f"media:{name}", f"could not build wandb object {name!r}: {exc}")
-    SINK.log(data, ctx.step, run_name)
-    SINK.summarize({summary_key(k): v for k, v in ctx.summary.items()}, run_name)
+        SINK.log(data, step)
+    SINK.summarize(facts)
+    for line in lines or ():
+        _print(line)
+
+
+def flush_evaluation(ctx: EvaluationContext, ours: set[str] | None = None) -> None:
+    """Send what the callbacks added during one evaluation everywhere it belongs, once. `ours` are
+    the keys our callbacks can produce at this prefix (kept aligned across the run's evaluations)."""
+    state = ctx.state
+    history = state.log_history
+    last = history[-1] if history else None
+    # The Trainer appended its entry for this evaluation just before on_evaluate; our values go
+    # beside eval_loss in the same record.
+    entry = last if last is not None and last.get("step") == ctx.step and f"{ctx.prefix}_runtime" in last else None
+    publish(
+        ctx.args, state, ctx.step, scalars=ctx.results, facts=ctx.summary, media=ctx.media,
+        lines=_console_block(ctx), entry=entry,
+    )  # fmt: skip
+    if ctx.training and entry is not None:
+        _align_evaluation_keys(history, entry, ctx.prefix, (ours or set()) | set(ctx.results))
+
+
+def _console_block(ctx: EvaluationContext) -> list[str]:
     shown = ", ".join(
         f"{k.removeprefix(ctx.prefix + '_')} {_fmt(v)}" for k, v in ctx.results.items() if k not in ctx.quiet
     )
@@ -279,9 +423,7 @@ def flush_evaluation(ctx: EvaluationContext) -> None:
     head = f"[ft_callbacks] step {ctx.step} | {ctx.prefix}_loss {_fmt(loss)}" if loss is not None else (
         f"[ft_callbacks] step {ctx.step}"
     )
-    _print(" | ".join(part for part in [head, shown, *ctx.console] if part))
-    for block in ctx.blocks:
-        _print(block)
+    return [" | ".join(part for part in [head, shown, *ctx.console] if part), *ctx.blocks]
 
 
 def report_event(
@@ -293,19 +435,10 @@ def report_event(
 ) -> None:
     """Report something that happened outside an evaluation (a stop at a training step, a save).
     `values` are logged as `train/<name>` metrics at the current step; `summary` goes to the wandb
-    summary and log_history as `ft_callbacks/<name>`."""
-    values = values or {}
-    summary = summary or {}
-    entry = {**values, **{summary_key(k): v for k, v in summary.items()}}
-    if entry:
-        state.log_history.append({**entry, "epoch": state.epoch, "step": int(state.global_step)})
-    if not state.is_world_process_zero:
-        return
-    run_name = _run_name(args)
-    SINK.log(rewrite_logs(values), int(state.global_step), run_name)
-    SINK.summarize({summary_key(k): v for k, v in summary.items()}, run_name)
-    if message:
-        _print(f"[ft_callbacks] step {int(state.global_step)} | {message}")
+    summary and (when changed) log_history as `ft_callbacks/<name>`."""
+    step = int(state.global_step)
+    lines = [f"[ft_callbacks] step {step} | {message}"] if message else []
+    publish(args, state, step, scalars=values, facts=summary, lines=lines)
 
 
 # The curves a user reads together, each drawn as one wandb chart at train end:

@@ -46,6 +46,6 @@ def wandb_offline(tmp_path, monkeypatch):
     # wandb caches its settings (WANDB_DIR included) per process: reset so the next test's
     # directory is honoured.
     wandb.teardown()
-    SINK.owned_run = None
-    SINK.init_failed = False
+    SINK.enabled = False
+    SINK._axis_defined.clear()
     SINK._notices.clear()

@@ -54,7 +54,7 @@ def lm_args(output_dir: str | os.PathLike, **overrides: Any) -> TrainingArgument
         "eval_steps": 10,
         "logging_steps": 10,
         "save_strategy": "no",
-        "report_to": "none",
+        "report_to": "wandb",
         "learning_rate": 3e-3,
         "use_cpu": True,
         "disable_tqdm": True,

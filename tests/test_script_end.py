@@ -1,0 +1,188 @@
+"""Users' scripts run to their end (issue #13): the model card, metrics nobody overwrites, the trackers
+`report_to` names (and only those), with every callback of ours in a real early-stopped run."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from transformers.modelcard import _maybe_round
+
+from ft_callbacks import BestCheckpointSaver, GenerationScorer, OverfitGuard
+
+from .helpers import lm_trainer, wandb_history
+
+SMALL = {"eval_size": 16, "train_size": 24}
+
+
+def _prompts(corpus):
+    texts = corpus[:4]
+    return [" ".join(t.split()[:5]) for t in texts], [" ".join(t.split()[5:15]) for t in texts]
+
+
+def _accuracy(eval_pred):
+    """run_clm.py's compute_metrics: next-token accuracy from argmax predictions."""
+    preds, labels = eval_pred
+    preds, labels = preds[:, :-1].reshape(-1), labels[:, 1:].reshape(-1)
+    mask = labels != -100
+    return {"accuracy": float((preds[mask] == labels[mask]).mean())}
+
+
+def _argmax(logits, labels):
+    return logits.argmax(dim=-1)
+
+
+def run_to_the_end(trainer, out: Path) -> str:
+    """What the transformers example scripts do after building the Trainer; returns the model card."""
+    result = trainer.train()
+    trainer.save_model()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    trainer.create_model_card(model_name="tiny")
+    return (out / "README.md").read_text()
+
+
+def card_table(card: str) -> tuple[list[str], list[list[str]]]:
+    """The 'Training results' table of a model card: header and rows, as cell strings."""
+    section = card.split("### Training results", 1)[1].split("###", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
+    return cells[0], [row for row in cells[2:]]
+
+
+def test_an_early_stopped_run_with_every_callback_ends_with_a_clean_model_card(
+    tokenizer, corpus, tmp_path, wandb_offline
+):
+    out = tmp_path / "out"
+    prompts, references = _prompts(corpus)
+    guard = OverfitGuard(patience=2, plateau_patience=None)
+    saver = BestCheckpointSaver("eval_perplexity", keep=2)
+    scorer = GenerationScorer(prompts, references, metrics=("rouge",), max_new_tokens=4, every_n_evals=2)
+    trainer = lm_trainer(
+        tokenizer, corpus, out, [saver, scorer, guard], **SMALL, max_steps=300, eval_steps=5, logging_steps=5,
+        report_to="wandb",
+    )  # fmt: skip
+    trainer.compute_metrics = _accuracy
+    trainer.preprocess_logits_for_metrics = _argmax
+    card = run_to_the_end(trainer, out)
+
+    assert guard.stopped and trainer.state.global_step == guard.policy.stop_step < 300
+    header, rows = card_table(card)
+    evaluations = [e for e in trainer.state.log_history if "eval_loss" in e and e["step"] <= guard.policy.stop_step]
+    evaluations = evaluations[: len(evaluations) - 1]  # the standalone evaluate() after training is not a row
+    assert len(rows) == len(evaluations) >= 3
+    assert all(len(row) == len(header) for row in rows)  # one complete row per evaluation
+    ours = {"Token Loss", "Perplexity", "Bits Per Token", "Bits Per Byte", "Train Loss", "Loss Gap", "Loss Ratio",
+            "Rouge1", "Rouge2", "Rougel", "Rougelsum", "Rouge1 Delta", "Rouge2 Delta", "Rougel Delta",
+            "Rougelsum Delta"}  # fmt: skip
+    assert set(header) == {"Training Loss", "Epoch", "Step", "Validation Loss", "Accuracy"} | ours
+    # Run-level facts live in entries of their own, never in an evaluation entry.
+    run_level = re.compile(r"^(ft_callbacks/|best/)")
+    assert not [k for e in trainer.state.log_history if "eval_loss" in e for k in e if run_level.match(k)]
+    stop = [e for e in trainer.state.log_history if "ft_callbacks/early_stop_step" in e]
+    assert stop and stop[-1]["ft_callbacks/early_stop_step"] == guard.policy.stop_step
+    best = [e for e in trainer.state.log_history if "best/checkpoint" in e]
+    assert best and best[-1]["best/step"] == saver.best_step
+    # The rows carry the same numbers as log_history: unscored generation rounds are "None", not shifted.
+    for row, entry in zip(rows, evaluations, strict=True):
+        assert row[header.index("Step")] == str(entry["step"])
+        assert row[header.index("Rougel")] == _maybe_round(entry["eval_rougeL"])  # the card's own formatting
+    saved = json.loads((out / "trainer_state.json").read_text())
+    assert saved["log_history"] == json.loads(json.dumps(trainer.state.log_history))
+    assert (out / "eval_results.json").exists() and (out / "model.safetensors").exists()
+
+
+def _collide(eval_pred):
+    """A compute_metrics that returns every name our callbacks produce, with its own values."""
+    names = ["perplexity", "token_loss", "loss_gap", "train_loss", "rouge1", "rouge2", "rougeL", "rougeLsum"]
+    return {name: 14.66 + i for i, name in enumerate(names)}
+
+
+def test_our_metrics_never_overwrite_the_scripts_own(tokenizer, corpus, tmp_path, wandb_offline, capsys):
+    out = tmp_path / "out"
+    prompts, references = _prompts(corpus)
+    guard = OverfitGuard(plateau_patience=None)
+    saver = BestCheckpointSaver("eval_rougeL")  # the script's rougeL: the saver must say which it follows
+    scorer = GenerationScorer(prompts, references, metrics=("rouge",), max_new_tokens=4)
+    trainer = lm_trainer(tokenizer, corpus, out, [guard, saver, scorer], **SMALL, max_steps=10, eval_steps=5,
+                         report_to="wandb")  # fmt: skip
+    trainer.compute_metrics = _collide
+    trainer.preprocess_logits_for_metrics = _argmax
+    card = run_to_the_end(trainer, out)
+
+    theirs = _collide(None)
+    entries = [e for e in trainer.state.log_history if "eval_loss" in e]
+    for entry in entries:
+        for name, value in theirs.items():
+            assert entry[f"eval_{name}"] == value  # theirs, untouched
+        assert 1.0 < entry["eval_ft_perplexity"] < 1e6 and entry["eval_ft_perplexity"] != theirs["perplexity"]
+        assert math.isclose(entry["eval_ft_perplexity"], math.exp(entry["eval_ft_token_loss"]), rel_tol=1e-9)
+        assert 0.0 <= entry["eval_ft_rougeL"] <= 1.0
+    eval_results = json.loads((out / "eval_results.json").read_text())
+    assert eval_results["eval_rougeL"] == theirs["rougeL"] and "eval_ft_rougeL" in eval_results
+    header, rows = card_table(card)
+    assert "Rougel" in header and "Ft Rougel" in header and all(len(r) == len(header) for r in rows)
+    printed = capsys.readouterr().out
+    assert printed.count("the evaluation already has eval_rougeL") == 1 and "eval_ft_rougeL" in printed
+    assert "BestCheckpointSaver monitors 'eval_rougeL': it follows the value from compute_metrics" in printed
+    import wandb
+
+    wandb.finish()
+    rows_logged = [r for r in wandb_history(wandb_offline) if "eval/ft_rougeL" in r]
+    assert [r["train/global_step"] for r in rows_logged] == [5, 10, 10]  # two evaluations, then evaluate()
+    assert all(r["eval/rougeL"] == theirs["rougeL"] for r in rows_logged if "eval/rougeL" in r)
+
+
+def test_report_to_none_means_no_wandb_at_all(tokenizer, corpus, tmp_path, wandb_offline, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    prompts, references = _prompts(corpus)
+    callbacks = [OverfitGuard(), BestCheckpointSaver("eval_perplexity", upload_to_wandb=True),
+                 GenerationScorer(prompts, references, metrics=("rouge",), max_new_tokens=4)]  # fmt: skip
+    trainer = lm_trainer(tokenizer, corpus, out, callbacks, **SMALL, max_steps=10, eval_steps=5, report_to="none")
+    run_to_the_end(trainer, out)
+
+    assert not list(Path(wandb_offline).rglob("offline-run-*")) and not (tmp_path / "wandb").exists()
+    printed = capsys.readouterr().out
+    assert printed.count("report_to does not name wandb") == 1
+    assert any("eval_perplexity" in e for e in trainer.state.log_history)  # results still in log_history
+
+
+def test_our_scalars_reach_tensorboard_at_the_evaluation_step(tokenizer, corpus, tmp_path, wandb_offline, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "out"
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    guard = OverfitGuard()
+    trainer = lm_trainer(tokenizer, corpus, out, [guard], **SMALL, max_steps=10, eval_steps=5,
+                         report_to=["tensorboard"])  # fmt: skip
+    trainer.train()
+
+    assert not list(Path(wandb_offline).rglob("offline-run-*"))
+    events = sorted((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    logged = {(e.step, round(e.value, 5)) for e in acc.Scalars("eval/perplexity")}
+    history = trainer.state.log_history
+    expected = {(e["step"], round(e["eval_perplexity"], 5)) for e in history if "eval_perplexity" in e}
+    assert logged == expected and len(expected) == 2
+    gaps = [e.value for e in acc.Scalars("eval/loss_gap")]
+    assert np.allclose(gaps, [e["eval_loss_gap"] for e in trainer.state.log_history if "eval_loss_gap" in e])
+
+
+@pytest.mark.parametrize("offline_by_user", [True])
+def test_offline_notice_says_why(tokenizer, corpus, tmp_path, wandb_offline, capsys, offline_by_user):
+    trainer = lm_trainer(tokenizer, corpus, tmp_path / "out", [OverfitGuard()], **SMALL, max_steps=5, eval_steps=5,
+                         report_to="wandb")  # fmt: skip
+    trainer.train()
+    printed = capsys.readouterr().out
+    assert "(WANDB_MODE=offline)" in printed and "no API key or network" not in printed
