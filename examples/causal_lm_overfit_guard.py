@@ -71,9 +71,15 @@ def main(argv: list[str] | None = None) -> Trainer:
         callbacks=[guard],  # <- the one line
     )
     trainer.train()
+    # The end of a transformers example script: the final weights, a last evaluation, the model card.
+    trainer.save_model()
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    trainer.save_state()
+    trainer.create_model_card(model_name=os.path.basename(os.path.abspath(args.output_dir)))
     if guard.stopped:
         print(f"\nOverfitGuard stopped training at step {guard.policy.stop_step}: {guard.stop_reason}")
-    trainer.save_state()
     print(f"\ntrainer_state.json (every result, step by step): {os.path.join(args.output_dir, 'trainer_state.json')}")
     return trainer
 

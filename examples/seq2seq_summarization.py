@@ -130,17 +130,23 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
         callbacks=[guard, scorer, BestCheckpointSaver(monitor="eval_rougeL")],  # <- the one line
     )
     trainer.train()
+    # The end of a transformers example script: the final weights, a last evaluation, the model card.
+    trainer.save_model()
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
     trainer.save_state()
+    trainer.create_model_card(model_name=os.path.basename(os.path.abspath(args.output_dir)))
 
     # By step: a round scored in the background is logged when ready, possibly after later entries.
-    rounds = sorted((e for e in trainer.state.log_history if "eval_rougeL" in e), key=lambda e: e["step"])
+    rounds = sorted((e for e in trainer.state.log_history if e.get("eval_rougeL") is not None), key=lambda e: e["step"])
     top = max((e for e in rounds if "eval_loss" in e), key=lambda e: e["eval_rougeL"])  # evaluations, not step 0
     print(
         f"\nROUGE-L of generated summaries: {rounds[0]['eval_rougeL']:.3f} at step 0 (untrained) -> "
         f"{rounds[-1]['eval_rougeL']:.3f} at step {rounds[-1]['step']} (BLEU {rounds[-1]['eval_bleu']:.2f}); "
         f"best {top['eval_rougeL']:.3f} at step {top['step']}"
     )
-    last = [e for e in trainer.state.log_history if "eval_perplexity" in e][-1]
+    last = [e for e in trainer.state.log_history if e.get("eval_perplexity") is not None][-1]
     print(f"validation perplexity at step {last['step']}: {last['eval_perplexity']:.2f}")
     if guard.stopped:
         print(f"OverfitGuard stopped training at step {guard.policy.stop_step}: {guard.stop_reason}")

@@ -109,9 +109,15 @@ def main(argv: list[str] | None = None) -> Trainer:
         callbacks=[LabelScorer(label_names=LABELS), BestCheckpointSaver(monitor="eval_f1")],  # <- the one line
     )
     trainer.train()
+    # The end of a transformers example script: the final weights, a last evaluation, the model card.
+    trainer.save_model()
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
     trainer.save_state()
+    trainer.create_model_card(model_name=os.path.basename(os.path.abspath(args.output_dir)))
 
-    evals = [e for e in trainer.state.log_history if "eval_f1" in e]
+    evals = [e for e in trainer.state.log_history if e.get("eval_f1") is not None]
     best = max(evals, key=lambda e: e["eval_f1"])
     last = evals[-1]
     print(f"\n{len(train_pairs)} training / {len(eval_pairs)} evaluation paragraphs, {len(LABELS)} classes {LABELS}")

@@ -178,11 +178,17 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
         callbacks=[guard, scorer, BestCheckpointSaver(monitor="eval_token_loss")],  # <- the one line
     )
     trainer.train()
+    # The end of a transformers example script: the final weights, a last evaluation, the model card.
+    trainer.save_model()
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
     trainer.save_state()
+    trainer.create_model_card(model_name=os.path.basename(os.path.abspath(args.output_dir)))
 
-    evals = [e for e in trainer.state.log_history if "eval_token_loss" in e]
+    evals = [e for e in trainer.state.log_history if e.get("eval_token_loss") is not None]
     # By step: a round scored in the background is logged when ready, possibly after later entries.
-    rounds = sorted((e for e in trainer.state.log_history if "eval_rougeL" in e), key=lambda e: e["step"])
+    rounds = sorted((e for e in trainer.state.log_history if e.get("eval_rougeL") is not None), key=lambda e: e["step"])
     print(
         f"\nanswer perplexity (assistant tokens): {evals[0]['eval_perplexity']:.1f} at step {evals[0]['step']} -> "
         f"{evals[-1]['eval_perplexity']:.1f} at step {evals[-1]['step']}"

@@ -95,6 +95,9 @@ def run_demo(
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # The demo's wandb run lives with the rest of its output, not in ./wandb of wherever it was started.
+    os.environ.setdefault("WANDB_DIR", str(output_dir.resolve()))
     texts = toy.stdlib_corpus()
     train_texts, eval_texts = texts[:TRAIN_TEXTS], texts[400 : 400 + EVAL_TEXTS]
     prompts, references = prompt_pairs(train_texts)
@@ -129,7 +132,13 @@ def run_demo(
         callbacks=callbacks,
     )
     trainer.train()
-    trainer.save_state()  # trainer_state.json in output_dir: every result, step by step
+    # The end of a transformers example script: final weights (the best: load_best_at_end in the config),
+    # a last evaluation, every result step by step (trainer_state.json) and the model card (README.md).
+    trainer.save_model()
+    metrics = trainer.evaluate()
+    trainer.save_metrics("eval", metrics)
+    trainer.save_state()
+    trainer.create_model_card(model_name="ft-callbacks-demo")
 
     guard = next((cb for cb in callbacks if isinstance(cb, OverfitGuard)), None)
     saver = next((cb for cb in callbacks if isinstance(cb, BestCheckpointSaver)), None)
@@ -192,6 +201,7 @@ def _print_summary(result: DemoResult, log_history: list[dict[str, Any]]) -> Non
         manifest = result.output_dir / "best_checkpoints.json"
         print(f"[demo] best checkpoint: {result.best_checkpoint} (manifest: {manifest})")
     print(f"[demo] every result, step by step: {result.output_dir / 'trainer_state.json'}")
+    print(f"[demo] model card with every evaluation: {result.output_dir / 'README.md'}")
     if result.report:
         print(f"[demo] pictures: {result.report} (and report.html beside it)")
     if result.wandb_dir:
