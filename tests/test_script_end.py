@@ -186,3 +186,27 @@ def test_offline_notice_says_why(tokenizer, corpus, tmp_path, wandb_offline, cap
     trainer.train()
     printed = capsys.readouterr().out
     assert "(WANDB_MODE=offline)" in printed and "no API key or network" not in printed
+
+
+def test_no_network_never_stalls_a_step_when_wandb_is_not_chosen(tokenizer, corpus, tmp_path, monkeypatch, capsys):
+    """With an API key and wandb online but no network, a report_to without wandb makes no wandb call
+    at all (ft_callbacks used to start its own run mid-training and stall ~90 s)."""
+    import time
+
+    from .helpers import free_port
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    prompts, references = _prompts(corpus)
+    callbacks = [OverfitGuard(), BestCheckpointSaver("eval_perplexity", upload_to_wandb="every_best"),
+                 GenerationScorer(prompts, references, metrics=("rouge",), max_new_tokens=4)]  # fmt: skip
+    trainer = lm_trainer(tokenizer, corpus, tmp_path / "out", callbacks, **SMALL, max_steps=10, eval_steps=5,
+                         report_to="none")  # fmt: skip
+    start = time.monotonic()
+    trainer.train()
+    assert time.monotonic() - start < 60
+    import wandb
+
+    assert wandb.run is None
+    assert "report_to does not name wandb" in capsys.readouterr().out
