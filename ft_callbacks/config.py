@@ -9,19 +9,30 @@ A config has one section per callback (`overfit_guard`, `best_checkpoint`, `gene
 are exactly the callback's constructor arguments, so the code is the single source of truth for
 what a config may say, the way `HfArgumentParser` reads dataclass fields. An unknown or misspelt
 key, a wrong type or an out-of-range value raises `ConfigurationError` naming the file, line, key,
-and the allowed keys or values. Overrides use dotted keys: `overrides=["overfit_guard.patience=5"]`.
+and the allowed keys or values. So does a duplicate key or section, a key inside `generation`
+(`transformers.GenerationConfig`) or `scorer_options` (`TextScorer`) that those do not take, a
+`training` value of the wrong type or range, a section or key with nothing after its colon (write
+`{}` for defaults, `false`/`null` for off), and a file that is not UTF-8 (UTF-16/UTF-32 with a BOM
+are read). A relative `prompts_file` is relative to the config file's folder.
+Overrides use dotted keys: `overrides=["overfit_guard.patience=5"]`.
 """
 
 from __future__ import annotations
 
+import codecs
 import difflib
+import enum
+import functools
 import inspect
 import json
+import math
 import os
+import re
+import tempfile
 import types
 import typing
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +58,12 @@ TRAINING_SECTION = "training"
 # that stand in for them.
 _CODE_ONLY = {"generation_scorer": {"prompts", "references", "dataset", "generation_config"}}
 _EXTRA_KEYS = {"generation_scorer": {"prompts_file": "str", "generation": "dict"}}
+# Config keys whose value is a mapping of keyword arguments for something else, and where to read the
+# keys (and types) that something takes: (section, key) -> (its name in messages, allowed keys).
+_NESTED: dict[tuple[str, str], tuple[str, Callable[[], dict[str, Any]]]] = {
+    ("generation_scorer", "generation"): ("transformers.GenerationConfig", lambda: _generation_config_fields()),
+    ("generation_scorer", "scorer_options"): ("TextScorer", lambda: _text_scorer_fields()),
+}
 
 
 @dataclass
@@ -55,6 +72,12 @@ class _Located:
 
     source: str
     lines: dict[str, int]
+    # Dotted keys written with nothing after the colon (YAML reads them as null).
+    empty: set[str] = field(default_factory=set)
+    # The config file's folder (relative paths in it are relative to it); None for a dict.
+    base: Path | None = None
+    # Keys set by an override (relative paths in them are relative to the current directory).
+    overridden: set[str] = field(default_factory=set)
 
     def at(self, dotted: str) -> str:
         line = self.lines.get(dotted)
@@ -85,28 +108,158 @@ def _parameters(section: str) -> dict[str, Any]:
 
 
 # -- reading -----------------------------------------------------------------------------------------
-def _load_yaml(text: str, source: str) -> tuple[Any, dict[str, int]]:
+_BOMS = (  # longest first: the UTF-32-LE mark starts with the UTF-16-LE one
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A text file's contents: UTF-8, or UTF-8/16/32 with a byte-order mark.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The text, without the byte-order mark.
+
+    Raises:
+        ConfigurationError: the file is in another encoding (Latin-1, UTF-16 without a mark, ...); the
+            message names the file, the first line that is not UTF-8 and how to convert it.
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    for bom, encoding in _BOMS:
+        if raw.startswith(bom):
+            try:
+                return raw[len(bom) :].decode(encoding)
+            except UnicodeDecodeError as exc:
+                line = raw.count(b"\n", 0, exc.start) + 1
+                raise ConfigurationError(
+                    f"{path}:{line}: starts with a {encoding.upper()} byte-order mark but is not valid "
+                    f"{encoding.upper()} ({exc.reason}); save it as UTF-8."
+                ) from None
+    if b"\x00" in raw:  # NUL bytes: text in UTF-16/32 (e.g. PowerShell's `>`) without a byte-order mark
+        guess = "UTF-16-LE" if raw[:1] != b"\x00" else "UTF-16-BE"
+        raise ConfigurationError(
+            f"{path}: not UTF-8: it has NUL bytes, so it looks like {guess} without a byte-order mark; save it as "
+            f"UTF-8, e.g. `iconv -f {guess.lower()} -t utf-8 {path} > {_sibling(path, '.utf8')}`."
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        byte = raw[exc.start]
+        raise ConfigurationError(
+            f"{path}:{line}: not UTF-8 (byte 0x{byte:02x}, which is {bytes([byte]).decode('latin-1')!r} in Latin-1): "
+            "the file looks like Latin-1/Windows-1252. Save it as UTF-8, e.g. "
+            f"`iconv -f latin1 -t utf-8 {path} > {_sibling(path, '.utf8')}`."
+        ) from None
+
+
+def _sibling(path: Path, tag: str) -> Path:
+    """`data.yaml` -> `data.utf8.yaml`: where a converted copy goes, in the fixes messages suggest."""
+    return path.with_name(path.stem + tag + path.suffix)
+
+
+def _duplicate(source: str, dotted: str, line: int, first: int) -> ConfigurationError:
+    what = f"section {dotted!r}" if "." not in dotted else f"key {dotted}"
+    return ConfigurationError(
+        f"{source}:{line}: duplicate {what} (first at line {first}); the parser would silently keep the last one. "
+        "Delete one, or keep one and merge the settings into it."
+    )
+
+
+def _load_yaml(text: str, source: str) -> tuple[Any, dict[str, int], set[str]]:
     try:
         import yaml
     except ImportError:
         raise ConfigurationError(f"{source} is YAML, which needs PyYAML: `pip install pyyaml`.") from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigurationError(f"{source}: not valid YAML: {exc}") from None
     lines: dict[str, int] = {}
+    empty: set[str] = set()
+    seen_nodes: set[int] = set()
 
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                dotted = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
-                lines[dotted] = key_node.start_mark.line + 1
-                walk(value_node, dotted)
+    def walk(node: Any, prefix: str, record: bool) -> None:
+        if id(node) in seen_nodes:  # an alias: walked where its anchor is
+            return
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                walk(item, prefix, False)
+        if not isinstance(node, yaml.MappingNode):
+            return
+        first: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: overriding merged keys is the point
+                continue
+            dotted = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+            line = key_node.start_mark.line + 1
+            key = (key_node.tag, key_node.value)
+            if key in first:
+                raise _duplicate(source, dotted, line, first[key])
+            first[key] = line
+            if record:
+                lines[dotted] = line
+                blank = isinstance(value_node, yaml.ScalarNode) and not value_node.value
+                if blank and value_node.tag.endswith(":null"):  # `key:` and nothing else; `null`/`~` are said
+                    empty.add(dotted)
+            walk(value_node, dotted, record)
 
-    if root is not None:
-        walk(root, "")
-    return data, lines
+    loader = yaml.SafeLoader(text)
+    try:
+        # One parse: the node tree gives lines, duplicates and empty values, then the data is built from
+        # it (after the walk: building resolves `<<` merges into the nodes themselves).
+        root = loader.get_single_node()
+        if root is not None:
+            walk(root, "", True)
+        data = loader.construct_document(root) if root is not None else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        raise ConfigurationError(f"{where}: not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+    return data, lines, empty
+
+
+def _json_lines(text: str, source: str) -> dict[str, int]:
+    """The line of every object key (dotted) in valid JSON `text`; raises on a duplicate key (which
+    `json.loads` would silently resolve to the last value)."""
+    from json.decoder import scanstring
+
+    lines: dict[str, int] = {}
+    stack: list[tuple[str, dict[str, int] | None]] = []  # (prefix, keys seen) per object; None for arrays
+    last_key, expect_key, i, line = "", False, 0, 1
+    while i < len(text):
+        char = text[i]
+        if char == "\n":
+            line += 1
+        elif char == '"':
+            value, end = scanstring(text, i + 1)
+            if expect_key and stack and stack[-1][1] is not None:
+                prefix, seen = stack[-1]
+                last_key = f"{prefix}.{value}" if prefix else value
+                if value in seen:
+                    raise _duplicate(source, last_key, line, seen[value])
+                seen[value] = lines[last_key] = line
+                expect_key = False
+            i = end
+            continue
+        elif char in "{[":
+            in_object = bool(stack) and stack[-1][1] is not None
+            prefix = last_key if in_object else (stack[-1][0] if stack else "")
+            stack.append((prefix, {} if char == "{" else None))
+            expect_key = char == "{"
+        elif char in "}]":
+            stack.pop()
+            expect_key = False
+        elif char == ",":
+            expect_key = bool(stack) and stack[-1][1] is not None
+        i += 1
+    return lines
 
 
 def load_config(config: str | os.PathLike | Mapping[str, Any], overrides: Sequence[str] = ()) -> tuple[dict, _Located]:
@@ -120,15 +273,17 @@ def load_config(config: str | os.PathLike | Mapping[str, Any], overrides: Sequen
         if not path.is_file():
             bundled = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
             raise ConfigurationError(f"Config file {str(config)!r} does not exist. Bundled configs: {bundled}.")
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
+        empty: set[str] = set()
         if path.suffix == ".json":
             try:
-                data, lines = json.loads(text), {}
+                data = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise ConfigurationError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}).") from None
+            lines = _json_lines(text, str(path))
         else:
-            data, lines = _load_yaml(text, str(path))
-        located = _Located(str(path), lines)
+            data, lines, empty = _load_yaml(text, str(path))
+        located = _Located(str(path), lines, empty, base=path.resolve().parent)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -152,6 +307,8 @@ def load_config(config: str | os.PathLike | Mapping[str, Any], overrides: Sequen
             data[section] = {}
         data[section][key] = value
         located.lines.pop(dotted, None)
+        located.empty -= {section, dotted}
+        located.overridden.add(dotted)
     return data, located
 
 
@@ -179,6 +336,8 @@ def _matches(value: Any, hint: Any) -> bool:
         return any(_matches(value, a) for a in typing.get_args(hint))
     if hint is type(None):
         return value is None
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return isinstance(value, hint) or value in {m.value for m in hint}
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:
@@ -197,6 +356,43 @@ def _matches(value: Any, hint: Any) -> bool:
     return True  # anything else (objects) is the constructor's to check
 
 
+def _wrong_type(where: str, dotted: str, value: Any, hint: Any) -> ConfigurationError:
+    message = f"{where}: {dotted} = {value!r} has the wrong type: expected {_type_name(hint)}."
+    if isinstance(value, str) and _matches(0.5, hint):
+        exponent = re.fullmatch(r"([+-]?\d+)([eE][+-]?\d+)", value.strip())
+        if exponent:  # PyYAML follows YAML 1.1, where a float needs a point: 3e-4 is the text "3e-4"
+            message += f" YAML reads {value} as text: write {exponent[1]}.0{exponent[2]}."
+        elif re.fullmatch(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*", value):
+            message += " Write the number without quotes."
+    return ConfigurationError(message)
+
+
+def _no_value(where: str, dotted: str, accepts_none: bool) -> ConfigurationError:
+    leaf = dotted.rsplit(".", 1)[-1]
+    fix = f"write `{leaf}: null` for none, or give a value" if accepts_none else "give a value, or delete the line"
+    return ConfigurationError(f"{where}: {dotted} has no value (nothing after the colon); {fix}.")
+
+
+def _check_keys(
+    body: Mapping[str, Any], params: Mapping[str, Any], prefix: str, located: _Located, allowed_note: str = ""
+) -> None:
+    """Every key of `body` is in `params` and its value matches the type hint; `prefix` is the dotted
+    path of `body` for messages."""
+    for key, value in body.items():
+        dotted = f"{prefix}.{key}"
+        where = located.at(dotted)
+        if key not in params:
+            hint = difflib.get_close_matches(str(key), list(params), n=1)
+            allowed = allowed_note or f"Allowed keys: {sorted(params)}."
+            raise ConfigurationError(
+                f"{where}: unknown key {dotted}" + (f" (did you mean {hint[0]!r}?)" if hint else "") + f". {allowed}"
+            )
+        if dotted in located.empty:
+            raise _no_value(where, dotted, _matches(None, params[key]))
+        if not _matches(value, params[key]):
+            raise _wrong_type(where, dotted, value, params[key])
+
+
 def validate_config(data: Mapping[str, Any], located: _Located | None = None) -> dict[str, dict[str, Any]]:
     """Check every section and key; returns {section: kwargs} for the enabled callback sections."""
     located = located or _Located("<dict>", {})
@@ -210,6 +406,14 @@ def validate_config(data: Mapping[str, Any], located: _Located | None = None) ->
                 + (f" (did you mean {hint[0]!r}?)" if hint else "")
                 + f". Sections: {allowed_sections}."
             )
+        if section in located.empty and section in SECTIONS:
+            # YAML reads a section whose keys are all commented out as null, which would mean "off". (An
+            # empty `training:` changes nothing, which is what commenting its keys out means.)
+            raise ConfigurationError(
+                f"{located.at(section)}: section {section!r} has no settings (are its keys all commented out?), so "
+                f"{_class(section).__name__} would be off. Write `{section}: {{}}` for its defaults, or "
+                f"`{section}: false` to say it is off."
+            )
         if body is None or body is False:
             continue
         if body is True:
@@ -222,57 +426,204 @@ def validate_config(data: Mapping[str, Any], located: _Located | None = None) ->
         if section == TRAINING_SECTION:
             _check_training(body, located)
             continue
-        params = _parameters(section)
-        for key, value in body.items():
-            where = located.at(f"{section}.{key}")
-            if key not in params:
-                hint = difflib.get_close_matches(str(key), list(params), n=1)
-                raise ConfigurationError(
-                    f"{where}: unknown key {section}.{key}"
-                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                    + f". Allowed keys: {sorted(params)}."
+        _check_keys(body, _parameters(section), section, located)
+        for (nested_section, key), (target, fields) in _NESTED.items():
+            if nested_section == section and isinstance(body.get(key), dict):
+                allowed = fields()
+                note = (
+                    f"Allowed keys: {sorted(allowed)}."
+                    if len(allowed) <= 30
+                    else f"{key} takes the arguments of {target} (see its documentation)."
                 )
-            if not _matches(value, params[key]):
-                raise ConfigurationError(
-                    f"{where}: {section}.{key} = {value!r} has the wrong type: expected {_type_name(params[key])}."
-                )
+                _check_keys(body[key], allowed, f"{section}.{key}", located, note)
         out[section] = dict(body)
     return out
 
 
-def _check_training(body: Mapping[str, Any], located: _Located) -> None:
+@functools.lru_cache(maxsize=1)
+def _generation_config_fields() -> dict[str, Any]:
+    """GenerationConfig's settings with their types where transformers states them: the attributes of a
+    default instance; types from the class docstring's `name (`type`, ...)` lines (HF's documented
+    convention), else from the type of the default value the library applies when unset."""
+    from transformers import GenerationConfig
+
+    defaults = GenerationConfig().to_dict()
+    names = [k for k in defaults if not k.startswith("_") and k != "transformers_version"]
+    applied = getattr(GenerationConfig, "_get_default_generation_params", dict)()  # transformers >= 5
+    simple = {"int": int, "float": float, "bool": bool, "str": str}
+    documented: dict[str, Any] = {}
+    for match in re.finditer(r"^\s+(\w+) \((.*)\):\s*$", GenerationConfig.__doc__ or "", re.MULTILINE):
+        kinds = re.split(r"\s+or\s+", match[2].split(", *")[0].replace("`", "").strip())
+        if all(k in simple for k in kinds):
+            documented[match[1]] = typing.Union[tuple(simple[k] for k in kinds)]  # noqa: UP007 (runtime Union)
+    fields: dict[str, Any] = {}
+    for name in names:
+        default = applied.get(name, defaults[name])
+        hint = documented.get(name) or (type(default) if isinstance(default, (bool, int, float, str)) else Any)
+        fields[name] = Any if hint is Any else hint | None  # None: "unset", as every default is
+    return fields
+
+
+def _text_scorer_fields() -> dict[str, Any]:
+    """TextScorer's keyword arguments, less the two GenerationScorer passes itself."""
+    from .core.text_scores import TextScorer
+
+    hints = typing.get_type_hints(TextScorer.__init__)
+    return {
+        name: hints.get(name, Any)
+        for name, p in inspect.signature(TextScorer.__init__).parameters.items()
+        if name not in ("self", "metrics", "references") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+
+
+# TrainingArguments takes these values without complaint but cannot train as meant with them:
+# field -> (test, what the value must be).
+_TRAINING_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "learning_rate": (lambda v: v > 0, "> 0"),
+    "num_train_epochs": (lambda v: v > 0, "> 0"),
+    "max_steps": (lambda v: v == -1 or v >= 1, ">= 1, or -1 to train for num_train_epochs (0 would silently do that)"),
+    "per_device_train_batch_size": (lambda v: v >= 1, ">= 1"),
+    "per_device_eval_batch_size": (lambda v: v >= 1, ">= 1"),
+    "gradient_accumulation_steps": (lambda v: v >= 1, ">= 1"),
+    "eval_accumulation_steps": (lambda v: v >= 1, ">= 1"),
+    "logging_steps": (lambda v: v > 0, "> 0 (a number of steps, or a fraction of the run below 1)"),
+    "eval_steps": (lambda v: v > 0, "> 0 (a number of steps, or a fraction of the run below 1)"),
+    "save_steps": (lambda v: v > 0, "> 0 (a number of steps, or a fraction of the run below 1)"),
+    "warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "warmup_ratio": (lambda v: 0 <= v <= 1, "between 0 and 1"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "max_grad_norm": (lambda v: v >= 0, ">= 0"),
+    "adam_beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "adam_beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "adam_epsilon": (lambda v: v > 0, "> 0"),
+    "label_smoothing_factor": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "save_total_limit": (lambda v: v >= 1, ">= 1, or null for no limit (0 would silently keep every checkpoint)"),
+    "dataloader_num_workers": (lambda v: v >= 0, ">= 0"),
+    "seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _training_fields() -> dict[str, Any]:
+    """TrainingArguments' init fields with their type hints (Any where a hint cannot be resolved)."""
     import dataclasses
 
     from transformers import TrainingArguments
 
-    fields = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
-    for key in body:
+    try:
+        hints = typing.get_type_hints(TrainingArguments)
+    except Exception:  # a forward reference this transformers version cannot resolve: check names only
+        hints = {}
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def _enum_choices(hint: Any) -> list[str]:
+    """The values of the string enums in a `Union[SomeStrategy, str]` hint (the str must be one of them)."""
+    members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return [
+        m.value
+        for cls in members
+        if isinstance(cls, type) and issubclass(cls, enum.Enum)
+        for m in cls
+        if isinstance(m.value, str)
+    ]
+
+
+def _check_training(body: Mapping[str, Any], located: _Located) -> None:
+    fields = _training_fields()
+    for key, value in body.items():
+        dotted = f"{TRAINING_SECTION}.{key}"
+        where = located.at(dotted)
         if key not in fields:
             hint = difflib.get_close_matches(str(key), sorted(fields), n=1)
             raise ConfigurationError(
-                f"{located.at(f'{TRAINING_SECTION}.{key}')}: {key!r} is not a TrainingArguments field"
+                f"{where}: {key!r} is not a TrainingArguments field"
                 + (f" (did you mean {hint[0]!r}?)" if hint else "")
                 + "."
             )
+        if dotted in located.empty:
+            raise _no_value(where, dotted, _matches(None, fields[key]))
+        if not _matches(value, fields[key]):
+            raise _wrong_type(where, dotted, value, fields[key])
+        choices = _enum_choices(fields[key])
+        if isinstance(value, str) and choices and value not in choices:
+            hint = difflib.get_close_matches(value, choices, n=1)
+            raise ConfigurationError(
+                f"{where}: {dotted} = {value!r} is not one of {choices}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + "."
+            )
+        if key in _TRAINING_RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
+            test, need = _TRAINING_RANGES[key]
+            if not (math.isfinite(value) and test(value)):
+                raise ConfigurationError(f"{where}: {dotted} = {value!r} is out of range: it must be {need}.")
+
+
+def _check_training_arguments(body: Mapping[str, Any], located: _Located) -> str | None:
+    """Build TrainingArguments from the section so its own cross-field checks run. Returns a note when
+    the only trouble is this machine's hardware (bf16 on a CPU-only machine, say), else None."""
+    from transformers import TrainingArguments
+
+    settings = {"output_dir": os.path.join(tempfile.gettempdir(), "ft-callbacks-check"), **body}
+    environ = dict(os.environ)  # TrainingArguments sets ACCELERATE_* variables: keep them out of this process
+
+    def build(extra: Mapping[str, Any]) -> None:
+        try:
+            TrainingArguments(**settings, **extra)
+        finally:
+            for name in set(os.environ) - set(environ):
+                del os.environ[name]
+            os.environ.update(environ)
+
+    try:
+        build({})
+        return None
+    except (ValueError, TypeError) as exc:
+        error = exc
+    if "use_cpu" not in body:
+        try:
+            build({"use_cpu": True})
+        except (ValueError, TypeError):
+            pass
+        else:
+            return f"note: on this machine TrainingArguments says: {error} (fine on hardware that has it)"
+    # The line of the key the message names first (HF writes `--load_best_model_at_end requires ...`).
+    found = [(m.start(), k) for k in body if (m := re.search(rf"\b{re.escape(str(k))}\b", str(error)))]
+    where = located.at(f"{TRAINING_SECTION}.{min(found)[1]}") if found else located.at(TRAINING_SECTION)
+    raise ConfigurationError(f"{where}: [training] {error}") from None
 
 
 # -- building ----------------------------------------------------------------------------------------
-def _read_prompts_file(path: str, where: str) -> tuple[list[Any], list[Any]]:
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigurationError(f"{where}: prompts_file {path!r} does not exist (JSON lines with prompt, reference).")
+def _kind(value: Any) -> str:
+    """What a JSON value is, in words, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    return {dict: "an object", list: "an array", str: "a string"}.get(type(value), "a number")
+
+
+def _read_prompts_file(file: Path, where: str) -> tuple[list[Any], list[Any]]:
     prompts, references = [], []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+    # split("\n"), not splitlines(): JSON strings may hold U+2028 and other characters splitlines breaks at.
+    for number, line in enumerate(read_text(file).split("\n"), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            prompts.append(row["prompt"])
-            references.append(row["reference"])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except json.JSONDecodeError as exc:
+            raise ConfigurationError(f"{file}:{number}: not valid JSON ({exc.msg}).") from None
+        if not isinstance(row, dict) or "prompt" not in row or "reference" not in row:
+            got = f"an object with {sorted(row)}" if isinstance(row, dict) else _kind(row)
             raise ConfigurationError(
-                f"{path}:{number}: expected an object with prompt and reference ({exc})."
-            ) from None
+                f"{file}:{number}: expected an object with prompt and reference, got {got}; "
+                'write one {"prompt": ..., "reference": ...} per line (prompts_file at ' + f"{where})."
+            )
+        for name in ("prompt", "reference"):
+            if row[name] is None:
+                raise ConfigurationError(f"{file}:{number}: {name} is null; give it text, or delete the line.")
+        prompts.append(row["prompt"])
+        references.append(row["reference"])
     return prompts, references
 
 
@@ -313,15 +664,16 @@ def _build(
 def _generation_kwargs(
     kwargs: dict[str, Any], located: _Located, prompts: Any, references: Any, dataset: Any
 ) -> dict[str, Any]:
+    key = "generation_scorer.prompts_file"
     prompts_file = kwargs.pop("prompts_file", None)
     generation = kwargs.pop("generation", None)
     if prompts_file is not None:
         if prompts is not None or dataset is not None:
             raise ConfigurationError(
-                f"{located.at('generation_scorer.prompts_file')}: prompts_file is set and prompts/dataset were "
+                f"{located.at(key)}: prompts_file is set and prompts/dataset were "
                 "passed too; use one source."
             )
-        prompts, references = _read_prompts_file(prompts_file, located.at("generation_scorer.prompts_file"))
+        prompts, references = _read_prompts_file(_prompts_path(prompts_file, located), located.at(key))
     if prompts is None and dataset is None:
         raise ConfigurationError(
             f"{located.at('generation_scorer')}: generation_scorer needs prompts: set prompts_file in the config, or "
@@ -333,8 +685,34 @@ def _generation_kwargs(
         try:
             kwargs["generation_config"] = GenerationConfig(**generation)
         except Exception as exc:
-            raise ConfigurationError(f"{located.at('generation_scorer.generation')}: {exc}") from None
+            # The line of the setting GenerationConfig complains about (it writes `max_new_tokens`), if named.
+            named = [k for k in generation if f"`{k}`" in str(exc)]
+            dotted = f"generation_scorer.generation.{named[0]}" if named else "generation_scorer.generation"
+            raise ConfigurationError(f"{located.at(dotted)}: [generation_scorer.generation] {exc}") from None
     return {**kwargs, "prompts": prompts, "references": references, "dataset": dataset}
+
+
+def _prompts_path(prompts_file: str, located: _Located) -> Path:
+    """prompts_file as a path: relative to the config's folder when written in the config file, to the
+    current directory when given as an override or in a dict."""
+    key = "generation_scorer.prompts_file"
+    path = Path(prompts_file).expanduser()
+    in_file = located.base is not None and key not in located.overridden
+    if not path.is_absolute() and in_file:
+        path = located.base / path
+    if not path.is_file():
+        where = "next to the config" if in_file and not Path(prompts_file).is_absolute() else "there"
+        hint = ""
+        if in_file and Path(prompts_file).is_file() and not Path(prompts_file).is_absolute():
+            hint = (
+                f" A {prompts_file!r} exists in the current directory, but a relative path in a config is relative to "
+                f"the config's folder: write {str(Path(prompts_file).resolve())!r}."
+            )
+        raise ConfigurationError(
+            f"{located.at(key)}: prompts_file {prompts_file!r} does not exist (looked for {path}, {where}); it should "
+            "be JSON lines with prompt and reference." + hint
+        )
+    return path
 
 
 def training_arguments_from_config(
@@ -354,7 +732,9 @@ def training_arguments_from_config(
 
 def check_config(config: str | os.PathLike | Mapping[str, Any], overrides: Sequence[str] = ()) -> list[str]:
     """Validate a config without training; returns one line per enabled callback. Constructors run
-    (so value ranges are checked too); GenerationScorer is given a placeholder prompt when the config
+    (so value ranges are checked too), and so does TrainingArguments on the `training` section (its
+    cross-field checks; a complaint only about this machine's hardware comes back as a "note:" line,
+    not an error); GenerationScorer is given a placeholder prompt when the config
     has no prompts_file, since prompts normally come from the script."""
     data, located = load_config(config, overrides)
     sections = validate_config(data, located)
@@ -367,6 +747,10 @@ def check_config(config: str | os.PathLike | Mapping[str, Any], overrides: Seque
         f"{type(cb).__name__}({', '.join(f'{k}={v!r}' for k, v in sections[s].items())})"
         for cb, s in zip(callbacks, enabled, strict=True)
     ]
-    if data.get(TRAINING_SECTION):
-        lines.append(f"TrainingArguments overrides: {sorted(data[TRAINING_SECTION])}")
+    if isinstance(data.get(TRAINING_SECTION), dict):
+        note = _check_training_arguments(data[TRAINING_SECTION], located)
+        if data[TRAINING_SECTION]:
+            lines.append(f"TrainingArguments overrides: {sorted(data[TRAINING_SECTION])}")
+        if note:
+            lines.append(note)
     return lines
