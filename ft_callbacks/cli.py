@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,30 +25,91 @@ EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def _read_jsonl(path: Path, prediction_field: str, reference_field: str) -> tuple[list[str], list[Any]]:
+    from .config import _kind, read_text
+
     if not path.is_file():
         raise ConfigurationError(f"{path} does not exist; give a JSON-lines file with one object per line.")
+    example = f'{{"{prediction_field}": "...", "{reference_field}": "..."}}'
+    converted = path.with_name(f"{path.stem}.lines.jsonl")  # where the `jq` fix for a JSON array writes
     predictions: list[str] = []
     references: list[Any] = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigurationError(f"{path}:{number}: not valid JSON ({exc.msg}).") from None
-            missing = [k for k in (prediction_field, reference_field) if k not in row]
-            if missing:
+    # split("\n"), not splitlines(): JSON strings may hold U+2028 and other characters splitlines breaks at.
+    for number, line in enumerate(read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if not predictions and line.strip() == "[":  # a pretty-printed JSON array, not JSON lines
                 raise ConfigurationError(
-                    f"{path}:{number}: missing field(s) {missing}; the line has {sorted(row)}. Name the fields with "
-                    "--prediction-field/--reference-field."
+                    f"{path}:{number}: the file is one JSON array, not JSON lines; convert it: "
+                    f"`jq -c '.[]' {path} > {converted}`."
+                ) from None
+            raise ConfigurationError(f"{path}:{number}: not valid JSON ({exc.msg}).") from None
+        if not isinstance(row, dict):
+            tip = (
+                f" If the file is one JSON array, convert it: `jq -c '.[]' {path} > {converted}`."
+                if isinstance(row, list)
+                else ""
+            )
+            raise ConfigurationError(
+                f"{path}:{number}: line is {_kind(row)}, not an object; each line must be one JSON object such as "
+                f"{example}.{tip}"
+            )
+        missing = [k for k in (prediction_field, reference_field) if k not in row]
+        if missing:
+            raise ConfigurationError(
+                f"{path}:{number}: missing field(s) {missing}; the line has {sorted(row)}. Name the fields with "
+                "--prediction-field/--reference-field."
+            )
+        predictions.append(_text(row[prediction_field], prediction_field, f"{path}:{number}"))
+        reference = row[reference_field]
+        if isinstance(reference, list):
+            if not reference:
+                raise ConfigurationError(
+                    f"{path}:{number}: {reference_field} is an empty list; give at least one reference text."
                 )
-            predictions.append(str(row[prediction_field]))
-            reference = row[reference_field]
-            references.append([str(r) for r in reference] if isinstance(reference, list) else str(reference))
+            bad = [r for r in reference if not isinstance(r, str)]
+            if bad:
+                raise ConfigurationError(
+                    f"{path}:{number}: {reference_field} is a list with {_kind(bad[0])} in it; every reference "
+                    "must be a JSON string."
+                )
+            references.append(reference)
+        else:
+            references.append(_text(reference, reference_field, f"{path}:{number}"))
     if not predictions:
         raise ConfigurationError(f"{path} has no rows.")
     return predictions, references
+
+
+def _text(value: Any, name: str, where: str) -> str:
+    """`value` if it is a string; anything else would be scored as its printed form (null as "None")."""
+    from .config import _kind
+
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        fix = f"write it as {json.dumps(str(value))}"
+    elif value is None:
+        fix = 'write "" for an empty text, or delete the line'
+    else:
+        fix = "write the text as one JSON string"
+    raise ConfigurationError(f"{where}: {name} is {_kind(value)}, not a string: {fix}.")
+
+
+def _check_output(output: Path) -> None:
+    """Refuse an output path that cannot be written, before any scoring (BERTScore can take minutes)."""
+    folder = output.parent
+    if output.is_dir():
+        raise ConfigurationError(f"--output {output} is a folder; give a file path, e.g. {output / 'scores.json'}.")
+    if not folder.is_dir():
+        raise ConfigurationError(
+            f"--output {output}: the folder {folder} does not exist; create it (`mkdir -p {folder}`) or choose "
+            "another path."
+        )
+    if not os.access(folder, os.W_OK):
+        raise ConfigurationError(f"--output {output}: the folder {folder} is not writable; choose another path.")
 
 
 def _table(scores: dict[str, float]) -> str:
@@ -61,6 +123,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     from .core.text_scores import TextScorer
 
     predictions, references = _read_jsonl(Path(args.file), args.prediction_field, args.reference_field)
+    output = Path(args.output) if args.output else Path(args.file).with_suffix(".scores.json")
+    _check_output(output)
     options: dict[str, Any] = {"use_stemmer": not args.no_stemmer}
     if args.bertscore_model:
         options["bertscore_model"] = args.bertscore_model
@@ -72,7 +136,6 @@ def cmd_score(args: argparse.Namespace) -> int:
         scores = scorer.score(predictions)
     finally:
         scorer.close()
-    output = Path(args.output) if args.output else Path(args.file).with_suffix(".scores.json")
     payload = {
         "file": str(args.file),
         "samples": len(predictions),
