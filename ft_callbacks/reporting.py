@@ -20,6 +20,7 @@ Events outside an evaluation (a stop on a NaN step, a checkpoint written) use `r
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
 import sys
@@ -35,18 +36,38 @@ _NOT_TRACKERS = {"CodeCarbonCallback"}
 OURS_PREFIX = "ft_"  # what a colliding result of ours is renamed with: eval_rougeL -> eval_ft_rougeL
 
 
-def _print(line: str) -> None:
-    """One console line that never lands on a progress bar's line: the bars (stderr) are cleared, the
-    line is written and flushed to stdout at once (a buffered stdout in a pipe would print it later, on
-    top of a redrawn bar), then the bars are drawn again."""
-    try:
-        from tqdm.auto import tqdm
+class ConsoleHandler(logging.Handler):
+    """Writes our log records to stdout without landing on a progress bar's line: the bars (stderr)
+    are cleared, the line is written and flushed at once (a buffered stdout in a pipe would print it
+    later, on top of a redrawn bar), then the bars are drawn again. stdout is looked up at each record,
+    so redirections made after import (pytest's capture, a notebook) are honoured."""
 
-        with tqdm.external_write_mode(file=sys.stdout):
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
-    except Exception:  # pragma: no cover - tqdm ships with transformers
-        print(line, flush=True)
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+            try:
+                from tqdm.auto import tqdm
+
+                with tqdm.external_write_mode(file=sys.stdout):
+                    sys.stdout.write(line + "\n")
+                    sys.stdout.flush()
+            except ImportError:  # pragma: no cover - tqdm ships with transformers
+                print(line, flush=True)
+        except Exception:  # a console problem never stops training
+            self.handleError(record)
+
+
+# Users silence or redirect us the way they do transformers: logging.getLogger("ft_callbacks").
+logger = logging.getLogger("ft_callbacks")
+if not logger.handlers:
+    logger.addHandler(ConsoleHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # one copy on the console even when the root logger has a handler too
+
+
+def _print(line: str) -> None:
+    """One console line of ours (an evaluation's block, a notice), through the `ft_callbacks` logger."""
+    logger.info(line)
 
 
 def reports_to(args: Any, name: str) -> bool:

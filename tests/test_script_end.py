@@ -96,7 +96,8 @@ def test_an_early_stopped_run_with_every_callback_ends_with_a_clean_model_card(
         assert row[header.index("Step")] == str(entry["step"])
         assert row[header.index("Rougel")] == _maybe_round(entry["eval_rougeL"])  # the card's own formatting
     saved = json.loads((out / "trainer_state.json").read_text())
-    assert saved["log_history"] == json.loads(json.dumps(trainer.state.log_history))
+    in_memory = json.loads(json.dumps(trainer.state.log_history))
+    assert saved["log_history"] == in_memory[: len(saved["log_history"])]  # save_state() ran before evaluate()
     assert (out / "eval_results.json").exists() and (out / "model.safetensors").exists()
 
 
@@ -131,7 +132,7 @@ def test_our_metrics_never_overwrite_the_scripts_own(tokenizer, corpus, tmp_path
     header, rows = card_table(card)
     assert "Rougel" in header and "Ft Rougel" in header and all(len(r) == len(header) for r in rows)
     printed = capsys.readouterr().out
-    assert printed.count("the evaluation already has eval_rougeL") == 1 and "eval_ft_rougeL" in printed
+    assert printed.count("the evaluation already has eval_rougeL (") == 1 and "eval_ft_rougeL" in printed
     assert "BestCheckpointSaver monitors 'eval_rougeL': it follows the value from compute_metrics" in printed
     import wandb
 

@@ -116,7 +116,7 @@ def infer_mode(metric: str) -> Mode:
     if metric not in _unplaced_noticed:
         _unplaced_noticed.add(metric)
         logger.warning(
-            "ft_callbacks cannot tell from its name whether %r is better high or low; it is taken as "
+            "[ft_callbacks] cannot tell from its name whether %r is better high or low; it is taken as "
             "higher-is-better. Pass mode='min' (or mode='max') to the callback that monitors it to say so.",
             metric,
         )
