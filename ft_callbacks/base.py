@@ -269,7 +269,9 @@ class _Hub:
         )
         members = list(self.members)
         for member in members:
+            ctx.source = member.console_label
             member.compute(ctx)
+        ctx.source = ""
         self.seen_metrics.update(metrics)
         for member in members:
             monitor = getattr(member, "monitor", None)
@@ -307,6 +309,8 @@ class FtCallback(TrainerCallback):
     - `validate(args, state, hub)`: checks run once, after every callback's `on_train_begin` and
       before the first training step.
     Subclasses that override an event handler call `super()` so the registry stays complete."""
+
+    console_label = ""  # the name of this callback's line in an evaluation's console block
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get(RESTORE_IN_PLACE):

@@ -81,6 +81,8 @@ class LabelScorer(FtCallback):
         log_threshold_curve: wandb PR curve and threshold table (binary tasks).
     """
 
+    console_label = "labels"
+
     def __init__(
         self,
         label_names: Sequence[str] | None = None,

@@ -29,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._compat import rewrite_logs
+
 _TRACKERS_ATTR = "_ft_callbacks_trackers"
 _FACTS_ATTR = "_ft_callbacks_published_facts"
 # Integrations that report_to can name but that are no metric trackers.
@@ -230,6 +232,8 @@ class EvaluationContext:
     blocks: list[str] = field(default_factory=list)  # multi-line console output (a confusion matrix)
     quiet: set[str] = field(default_factory=set)  # result keys left out of the console block
     renamed: dict[str, str] = field(default_factory=dict)  # a user's key we did not overwrite -> our key
+    source: str = ""  # the console group of the callback adding results now (set by the hub)
+    groups: dict[str, list[str]] = field(default_factory=dict)  # console group -> result keys, in order
 
     @property
     def prefix(self) -> str:
@@ -270,6 +274,8 @@ class EvaluationContext:
             return key
         value = float(value)
         self.metrics[key] = value
+        if key not in self.results:
+            self.groups.setdefault(self.source, []).append(key)
         self.results[key] = value
         if not show:
             self.quiet.add(key)
@@ -335,6 +341,8 @@ def _to_trackers(args: Any, state: Any, scalars: dict[str, float], step: int) ->
         at_step = copy.copy(state)
         at_step.global_step = step
     for tracker in trackers(state):
+        if type(tracker).__name__ == "WandbCallback":
+            continue  # wandb gets the scalars together with our tables, in one row (see `publish`)
         try:
             tracker.on_log(args, at_step, None, logs=dict(scalars))
         except Exception as exc:  # a tracker's problem never stops training
@@ -404,16 +412,16 @@ def publish(
     if not state.is_world_process_zero:
         return
     _to_trackers(args, state, scalars, step)
-    if media:
-        wandb = SINK._wandb()
-        data: dict[str, Any] = {}
-        if wandb is not None:
-            for name, build in media.items():
-                try:
-                    data[name] = build(wandb)
-                except Exception as exc:
-                    SINK.notice(f"media:{name}", f"could not build wandb object {name!r}: {exc}")
-        SINK.log(data, step)
+    # wandb: the scalars as its WandbCallback names them (eval/x, train/x), with the tables, in one row.
+    data: dict[str, Any] = rewrite_logs(scalars) if scalars else {}
+    wandb = SINK._wandb() if media else None
+    if wandb is not None:
+        for name, build in (media or {}).items():
+            try:
+                data[name] = build(wandb)
+            except Exception as exc:
+                SINK.notice(f"media:{name}", f"could not build wandb object {name!r}: {exc}")
+    SINK.log(data, step)
     SINK.summarize(facts)
     for line in lines or ():
         _print(line)
@@ -436,15 +444,32 @@ def flush_evaluation(ctx: EvaluationContext, ours: set[str] | None = None) -> No
         _align_evaluation_keys(history, entry, ctx.prefix, (ours or set()) | set(ctx.results))
 
 
+_INDENT = "    "
+
+
 def _console_block(ctx: EvaluationContext) -> list[str]:
-    shown = ", ".join(
-        f"{k.removeprefix(ctx.prefix + '_')} {_fmt(v)}" for k, v in ctx.results.items() if k not in ctx.quiet
-    )
+    """A short block a person reads at a glance while the bars run: the Trainer's loss, then one line per
+    callback (a score's delta against its baseline beside it), then the decisions (counters, saves,
+    STOP). Full numbers stay in log_history, trainer_state.json and the trackers."""
     loss = ctx.metrics.get(f"{ctx.prefix}_loss")
-    head = f"[ft_callbacks] step {ctx.step} | {ctx.prefix}_loss {_fmt(loss)}" if loss is not None else (
-        f"[ft_callbacks] step {ctx.step}"
-    )
-    return [" | ".join(part for part in [head, shown, *ctx.console] if part), *ctx.blocks]
+    lines = [f"[ft_callbacks] step {ctx.step} | {ctx.prefix}_loss {_fmt(loss)}" if loss is not None else
+             f"[ft_callbacks] step {ctx.step}"]  # fmt: skip
+    for group, keys in ctx.groups.items():
+        items = []
+        for key in keys:
+            if key in ctx.quiet or key.endswith("_delta"):
+                continue
+            item = f"{key.removeprefix(ctx.prefix + '_')} {_fmt(ctx.results[key])}"
+            delta = ctx.results.get(f"{key}_delta")
+            if delta is not None and math.isfinite(delta):
+                item += f" ({delta:+.3g})"
+            items.append(item)
+        if items:
+            lines.append(f"{_INDENT}{group + ': ' if group else ''}{', '.join(items)}")
+    decisions = [part for part in ctx.console if part]
+    if decisions:
+        lines.append(f"{_INDENT}" + " | ".join(decisions))
+    return ["\n".join(lines), *ctx.blocks]
 
 
 def report_event(
