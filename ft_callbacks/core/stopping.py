@@ -8,6 +8,7 @@ where it stopped.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,23 +30,54 @@ class StopDecision:
 CONTINUE = StopDecision(False)
 
 
+def format_number(value: float | int | None) -> str:
+    """A number for a message a person reads: about 4 significant digits (full precision stays in
+    the records and the log history). None reads "-", NaN/inf as themselves."""
+    if value is None:
+        return "-"
+    if isinstance(value, (bool, numbers.Integral)) or not isinstance(value, numbers.Real):
+        return str(value)
+    value = float(value)  # numpy scalars too
+    return f"{value:.4g}" if math.isfinite(value) else str(value)
+
+
+def _type_hint(name: str, value: Any, example: str) -> str:
+    """The part of a message for a value of the wrong type: what it is and how to write it."""
+    if isinstance(value, str):
+        return f" ({value!r} is a string: write {name}={example}, a number, without quotes)"
+    if isinstance(value, bool):
+        return f" (a bool is not a number here: write e.g. {name}={example})"
+    return ""
+
+
 def _check_patience(name: str, value: int | None, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         fix = " or None to turn the rule off" if allow_none else ""
-        raise ValueError(f"{name}={value!r} is not valid: use a whole number of evaluations >= 1{fix}.")
+        raise ValueError(
+            f"{name}={value!r} is not valid: use a whole number of evaluations >= 1{fix}"
+            f"{_type_hint(name, value, '3')}."
+        )
 
 
 def _check_non_negative(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name}={value!r} is not valid: use a number >= 0.")
+    # inf would make every improvement impossible; NaN fails `>= 0`.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ValueError(f"{name}={value!r} is not valid: use a finite number >= 0{_type_hint(name, value, '0.01')}.")
+
+
+def _check_flag(name: str, value: bool) -> None:
+    # A string such as "no" is truthy: accepting it would silently mean the opposite.
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} is not valid: use True or False.")
 
 
 @dataclass
 class PlateauRule:
     """Classic patience: stop after `patience` evaluations in a row without an improvement of more
-    than `min_delta` over the best value seen. NaN counts as no improvement."""
+    than `min_delta` over the best value seen. NaN counts as no improvement; an evaluation without the
+    metric at all (None: e.g. a scorer that runs only every few evaluations) is not counted."""
 
     patience: int
     mode: Mode = "min"
@@ -53,12 +85,17 @@ class PlateauRule:
     metric: str = "eval_loss"
     best: float | None = None
     wait: int = 0
+    counted: bool = False  # whether the last update had a value (and so could count)
 
     def __post_init__(self) -> None:
         _check_patience("plateau_patience", self.patience)
         _check_non_negative("min_delta", self.min_delta)
 
     def update(self, value: float | None) -> StopDecision:
+        self.counted = value is not None
+        if value is None:
+            # The metric was not produced this time: no evidence either way, so the count stands.
+            return CONTINUE
         if is_improvement(value, self.best, self.mode, self.min_delta):
             self.best = value
             self.wait = 0
@@ -68,8 +105,8 @@ class PlateauRule:
             return StopDecision(
                 True,
                 "plateau",
-                f"{self.metric} has not improved by more than {self.min_delta:g} for {self.wait} evaluations "
-                f"(best {self.best!s:.8})",
+                f"{self.metric} has not improved by more than {format_number(self.min_delta)} for {self.wait} "
+                f"evaluations that reported it (best {format_number(self.best)})",
             )
         return CONTINUE
 
@@ -97,6 +134,7 @@ class GapRule:
     last_gap: float | None = None
     wait: int = 0
     gaps: list[float] = field(default_factory=list)
+    measured: bool = False  # whether the last update measured a gap (and so could count)
 
     def __post_init__(self) -> None:
         _check_patience("patience", self.patience)
@@ -107,7 +145,8 @@ class GapRule:
         new_best = is_improvement(eval_loss, self.best_eval_loss, "min", self.min_delta)
         if new_best:
             self.best_eval_loss = eval_loss
-        if not (is_finite(eval_loss) and is_finite(train_loss)):
+        self.measured = is_finite(eval_loss) and is_finite(train_loss)
+        if not self.measured:
             # No gap can be measured; the non-finite rule deals with NaN/inf losses.
             return CONTINUE
         gap = eval_loss - train_loss  # type: ignore[operator]
@@ -120,7 +159,8 @@ class GapRule:
                 True,
                 "gap",
                 f"the train/validation gap widened for {self.wait} evaluations in a row "
-                f"(now {gap:.4f}) while validation loss stayed above its best {self.best_eval_loss:.4f}",
+                f"(now {format_number(gap)}) while validation loss stayed above its best "
+                f"{format_number(self.best_eval_loss)}",
             )
         return CONTINUE
 
@@ -147,14 +187,24 @@ class DivergenceRule:
     stop_on_nonfinite: bool = True
 
     def __post_init__(self) -> None:
-        if self.threshold is not None and (
-            isinstance(self.threshold, bool)
-            or not isinstance(self.threshold, (int, float))
-            or not math.isfinite(self.threshold)
+        value = self.threshold
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf
         ):
-            raise ValueError(
-                f"divergence_threshold={self.threshold!r} is not valid: use a finite loss value, or None."
+            # The losses it is compared with are negative log-likelihoods, never below 0: a threshold
+            # <= 0 would stop at the first step, NaN would never stop, inf is "no threshold" (None).
+            why = (
+                " it is compared with the training and validation loss (a negative log-likelihood, never below "
+                "0), so it would stop training at the first step;"
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0
+                else ""
             )
+            raise ValueError(
+                f"divergence_threshold={value!r} is not valid:{why} use a positive, finite loss value above the "
+                "loss you expect (e.g. twice the loss at the start, or ln(vocabulary size), the loss of a uniform "
+                f"guess), or None for no threshold{_type_hint('divergence_threshold', value, '10.0')}."
+            )
+        _check_flag("stop_on_nonfinite", self.stop_on_nonfinite)
 
     def check(self, name: str, value: float | None) -> StopDecision:
         if value is None:
@@ -165,7 +215,9 @@ class DivergenceRule:
             return CONTINUE
         if self.threshold is not None and value > self.threshold:
             return StopDecision(
-                True, "divergence", f"{name} = {value:.4f} is above divergence_threshold={self.threshold:g}"
+                True,
+                "divergence",
+                f"{name} = {format_number(value)} is above divergence_threshold={format_number(self.threshold)}",
             )
         return CONTINUE
 
@@ -202,7 +254,8 @@ class OverfitPolicy:
         for name in ("min_steps", "min_evals"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}={value!r} is not valid: use a whole number >= 0.")
+                hint = _type_hint(name, value, "0")
+                raise ValueError(f"{name}={value!r} is not valid: use a whole number >= 0{hint}.")
         self.gap = (
             GapRule(self.patience, self.min_delta, self.gap_min_delta) if self.patience is not None else None
         )
@@ -274,4 +327,4 @@ class OverfitPolicy:
             self.plateau.load_state_dict(state["plateau"])
 
 
-__all__ = ["CONTINUE", "DivergenceRule", "GapRule", "OverfitPolicy", "PlateauRule", "StopDecision"]
+__all__ = ["CONTINUE", "DivergenceRule", "GapRule", "OverfitPolicy", "PlateauRule", "StopDecision", "format_number"]
