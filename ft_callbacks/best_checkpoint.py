@@ -3,6 +3,7 @@
 Layout in `output_dir` (the Trainer's, unless `output_dir=` is given):
 
     best_checkpoints.json                        the manifest: the truth scripts and resumed runs read
+    best_checkpoints.lock                        the process writing here (PID, host), while it trains
     best-step000040-eval_loss=3.1416/            one kept checkpoint (weights, config, tokenizer, info)
     .tmp-best-<step>-<pid>/                      a save in progress (removed at the next start)
 
@@ -11,10 +12,17 @@ name in one `os.replace` (the manifest names it under `"pending"` first, so a fo
 before a kill is known to be ours); only then is the manifest rewritten (tmp file + fsync +
 `os.replace`), and only after that are pruned checkpoints deleted (they are listed under `"pruning"`
 until gone). A kill at any moment leaves the previous manifest and every checkpoint it lists intact.
+
+The manifest is a file anyone can edit, so nothing it names is trusted: a folder is loaded or deleted
+only if it is one this saver created (`_not_ours`): a `best-step…` name directly inside the directory,
+not a symbolic link, holding the `best_checkpoint.json` this saver writes into every checkpoint before
+it appears. One saver per directory: a second in the same Trainer is refused, and a lock file keeps a
+second process out while the first trains.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -32,13 +40,19 @@ from .base import ConfigurationError, FtCallback, _Hub, monitor_skipped, require
 from .core.modes import Mode, check_mode, is_finite, is_improvement, normalize_metric_name
 from .distributed import all_gather_objects, broadcast_from_main, is_distributed
 from .engines import Engine, find_trainer, full_state_dict, load_full_state_dict, sharded_engine, zero3_config_error
-from .records import fsync_path, read_json, write_json_atomic
+from .records import LOCK_STALE_SECONDS, LockHeld, RunLock, describe_holder, fsync_path, read_json, write_json_atomic
 from .reporting import SINK, EvaluationContext, _print, notice_once, report_event, warn
 
 MANIFEST = "best_checkpoints.json"
 TMP_PREFIX = ".tmp-best-"
-INFO_FILE = "best_checkpoint.json"
+INFO_FILE = "best_checkpoint.json"  # inside every checkpoint; also the marker that the folder is ours
+LOCK_FILE = "best_checkpoints.lock"
 MANIFEST_VERSION = 1
+PROBE_BYTES = 64 * 1024  # the start-up write test: big enough that a full disk refuses it
+# What `checkpoint_name` produces (plus the "-2" of a name taken by an earlier run): one path component.
+_CHECKPOINT_NAME = re.compile(r"best-step(\d+)-[A-Za-z0-9_.-]+=-?\d+\.\d{4}(?:-\d+)?")
+_TMP_NAME = re.compile(r"\.tmp-best-(?:\d+|probe)-\d+")
+_MISSING = "missing"
 
 
 # -- ranking: plain numbers, no framework ---------------------------------------------------------
@@ -140,20 +154,93 @@ def _fsync_tree(root: str | os.PathLike) -> int:
     return total
 
 
-def read_manifest(output_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The manifest of `output_dir`, or None when there is none (or it cannot be parsed)."""
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _manifest_problem(data: Any) -> str | None:
+    """Why a parsed manifest cannot be used (a field of the wrong type), or None."""
+    if not isinstance(data, dict):
+        return f"it holds {_json_type(data)}, not an object"
+    for key in ("checkpoints", "pruning", "pending"):
+        if not isinstance(data.get(key, []), list):
+            return f'"{key}" is {_json_type(data[key])}, not a list'
+    for key in ("pruning", "pending"):
+        if not all(isinstance(name, str) for name in data.get(key, [])):
+            return f'"{key}" holds something other than folder names'
+    for key in ("best", "monitor", "mode"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            return f'"{key}" is {_json_type(data[key])}, not a string'
+    step, value = data.get("best_step"), data.get("best_value")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+        return f'"best_step" is {_json_type(step)}, not a whole number'
+    finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if value is not None and not finite:
+        return f'"best_value" is {value!r}, not a finite number'
+    return None
+
+
+def _load_manifest(output_dir: str | os.PathLike) -> tuple[dict[str, Any] | None, str | None]:
+    """(manifest, None), (None, why it is unusable), or (None, None) when there is none."""
+    path = os.path.join(output_dir, MANIFEST)
     try:
-        with open(os.path.join(output_dir, MANIFEST)) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"it cannot be read ({exc})"
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        return None, f"it is not valid JSON ({exc})"
+    problem = _manifest_problem(data)
+    return (None, problem) if problem else (data, None)
+
+
+def read_manifest(output_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The manifest of `output_dir`, or None when there is none, it cannot be parsed, or a field has the
+    wrong type (a hand-edited `"pruning": 5`): a resumed run then treats it as lost."""
+    return _load_manifest(output_dir)[0]
+
+
+def _not_ours(output_dir: str | os.PathLike, name: Any) -> str | None:
+    """None when `name` is a checkpoint folder this saver created directly inside `output_dir`;
+    otherwise why not (`_MISSING` when such a name is simply not on disk). Only folders that pass are
+    ever loaded or deleted: the manifest is a file anyone can edit."""
+    match = _CHECKPOINT_NAME.fullmatch(name) if isinstance(name, str) else None
+    if match is None:  # "", ".", "..", absolute paths, anything with a separator, the Trainer's checkpoint-N
+        return "not a best-step… folder name of this saver"
+    path = os.path.join(output_dir, name)
+    if os.path.islink(path):
+        return "a symbolic link"
+    if not os.path.lexists(path):
+        return _MISSING
+    if not os.path.isdir(path):
+        return "not a folder"
+    if os.path.realpath(path) != os.path.join(os.path.realpath(output_dir), name):
+        return "outside the directory"
+    marker = os.path.join(path, INFO_FILE)
+    info = None if os.path.islink(marker) or not os.path.isfile(marker) else read_json(marker)
+    if not isinstance(info, dict) or info.get("step") != int(match.group(1)):
+        return f"a folder without this saver's {INFO_FILE} marker"
+    return None
 
 
 def best_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """Path of the best checkpoint the manifest of `output_dir` lists, or None."""
+    """Path of the best checkpoint the manifest of `output_dir` lists, or None.
+
+    Only a folder the saver created is returned (a `best-step…` folder directly inside `output_dir`,
+    not a symbolic link, with its `best_checkpoint.json`); a manifest naming anything else gives None
+    and a warning."""
     manifest = read_manifest(output_dir)
     if not manifest or not manifest.get("best"):
+        return None
+    reason = _not_ours(output_dir, manifest["best"])
+    if reason is not None:
+        warn(f"{MANIFEST} in {output_dir} names {manifest['best']!r} as the best checkpoint, but that is {reason}; "
+             "it is not returned.")  # fmt: skip
         return None
     return Path(output_dir) / manifest["best"]
 
@@ -178,7 +265,32 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
 
 
 def _remove_tree(path: str | os.PathLike) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+    """Delete a folder this saver wrote (callers check that it is ours). Its marker goes last, so a
+    deletion a kill cuts short leaves a folder that the next start still recognises and finishes."""
+    path = str(path)
+    if os.path.islink(path) or not os.path.isdir(path):  # never follow a link out of the directory
+        return
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return
+    for name in names:
+        if name == INFO_FILE:
+            continue
+        child = os.path.join(path, name)
+        if os.path.isdir(child) and not os.path.islink(child):
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            try:
+                os.remove(child)
+            except OSError:
+                pass
+    try:
+        if os.listdir(path) == [INFO_FILE]:  # all the rest is gone (or the marker stays, and so it is ours)
+            os.remove(os.path.join(path, INFO_FILE))
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 def _is_peft(model: Any) -> bool:
@@ -337,6 +449,7 @@ class BestCheckpointSaver(FtCallback, ExportableState):
         self._resolved_dir: str | None = None
         self._trainer: Any = None  # the Trainer running us, under sharded engines
         self._engine: Engine | None = None
+        self._lock: RunLock | None = None  # rank 0, while training
 
     # -- state ---------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -381,9 +494,10 @@ class BestCheckpointSaver(FtCallback, ExportableState):
             )
         self._capture(kwargs)
         out = self._dir(args)
+        self._check_one_saver_per_dir(args, state)
         error = None
         if state.is_world_process_zero:
-            error = self._check_writable(out)
+            error = self._check_writable(out) or self._take_lock(out)
         error = broadcast_from_main(error)
         if error:
             raise ConfigurationError(error)
@@ -403,7 +517,11 @@ class BestCheckpointSaver(FtCallback, ExportableState):
                 saved = self._state_from_manifest(manifest)
             self.ranking = CheckpointRanking(self.mode, self.keep, self.min_delta)
             if saved:
-                self.ranking.load_state_dict(saved)
+                try:
+                    self.ranking.load_state_dict(saved)
+                except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a hand-edited trainer_state.json
+                    warn(f"the ranking stored in the Trainer checkpoint is malformed ({exc!r}); starting a new one.")
+                    self.ranking = CheckpointRanking(self.mode, self.keep, self.min_delta)
         else:
             self.ranking = CheckpointRanking(self.mode, self.keep, self.min_delta)
         if state.is_world_process_zero:
@@ -444,20 +562,91 @@ class BestCheckpointSaver(FtCallback, ExportableState):
                 "after training: PeftModel.from_pretrained(base_model, best_checkpoint(output_dir))."
             )
 
+    def _check_one_saver_per_dir(self, args: Any, state: Any) -> None:
+        """Two savers in one directory overwrite each other's manifest: refuse before the first step."""
+        trainer_callbacks = getattr(getattr(self._trainer, "callback_handler", None), "callbacks", None)
+        peers = trainer_callbacks if trainer_callbacks is not None else _Hub.of(state).members
+        mine = os.path.realpath(self._dir(args))
+        for other in peers:
+            if other is self or not isinstance(other, BestCheckpointSaver):
+                continue
+            if os.path.realpath(str(other.output_dir or args.output_dir)) != mine:
+                continue
+            effect = (
+                "every checkpoint would be written twice"
+                if other.monitor == self.monitor
+                else "the manifest would keep only the last writer's list and best_checkpoint() would return the "
+                "other one's best"
+            )
+            raise ConfigurationError(
+                f"two BestCheckpointSavers (monitor={self.monitor!r} and monitor={other.monitor!r}) write into the "
+                f"same directory {self._resolved_dir!r}: {effect}. Give each its own directory, e.g. "
+                f"BestCheckpointSaver(monitor={other.monitor!r}, "
+                f"output_dir={os.path.join(self._resolved_dir or '', 'best_' + other.monitor)!r})."
+            )
+
     @staticmethod
     def _check_writable(out: str) -> str | None:
+        probe = os.path.join(out, f"{TMP_PREFIX}probe-{os.getpid()}")
         try:
             os.makedirs(out, exist_ok=True)
-            probe = os.path.join(out, f"{TMP_PREFIX}probe-{os.getpid()}")
-            with open(probe, "w") as f:
-                f.write("ok")
+            # Some KB of random bytes (no filesystem compresses them away), fsync'ed: a full disk or quota
+            # fails here, before the first step, instead of at every save.
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                data = memoryview(os.urandom(PROBE_BYTES))
+                while data:
+                    data = data[os.write(fd, data) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.remove(probe)
         except OSError as exc:
+            try:
+                os.remove(probe)
+            except OSError:
+                pass
+            full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
             return (
-                f"BestCheckpointSaver cannot write to the output directory {out!r} ({exc}). Pick a writable "
-                "output_dir (TrainingArguments(output_dir=...) or BestCheckpointSaver(output_dir=...))."
+                f"BestCheckpointSaver cannot write to the output directory {out!r} ({exc})"
+                + (": the disk (or your quota) is full, so every checkpoint save would fail. Free some space or pick "
+                   "another output_dir" if full else ". Pick a writable output_dir")
+                + " (TrainingArguments(output_dir=...) or BestCheckpointSaver(output_dir=...))."
+            )  # fmt: skip
+        return None
+
+    def _take_lock(self, out: str) -> str | None:
+        """Rank 0: hold the directory's lock for the run, or say who holds it."""
+        if self._lock is not None:  # an earlier train() of this saver that never reached its end
+            self._lock.release()
+            self._lock = None
+        lock = RunLock(os.path.join(out, LOCK_FILE))
+        try:
+            stale = lock.acquire()
+        except LockHeld as exc:
+            return (
+                f"BestCheckpointSaver: another run is writing into {out!r}: {describe_holder(exc.holder)} holds "
+                f"{exc.path}. Two runs in one directory overwrite each other's manifest and prune each other's "
+                "checkpoints. Wait for that run to finish, or give this one its own directory "
+                "(TrainingArguments(output_dir=...) or BestCheckpointSaver(output_dir=...)). If that process is no "
+                f"longer running, delete {exc.path} (a lock from another host counts as stale on its own after "
+                f"{LOCK_STALE_SECONDS / 60:.0f} minutes without its heartbeat)."
+            )
+        except OSError as exc:
+            return f"BestCheckpointSaver cannot create its lock file in {out!r} ({exc}). Pick a writable output_dir."
+        self._lock = lock
+        if stale is not None:
+            notice_once(
+                f"best_lock:{lock.path}",
+                f"BestCheckpointSaver took over the stale lock {lock.path} of {describe_holder(stale)}, which is no "
+                "longer running.",
             )
         return None
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _state_from_manifest(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
         if manifest.get("monitor") not in (None, self.monitor) or manifest.get("mode") not in (None, self.mode):
@@ -469,6 +658,8 @@ class BestCheckpointSaver(FtCallback, ExportableState):
         entries = []
         for e in manifest.get("checkpoints", []):
             try:
+                if not isinstance(e, dict) or not math.isfinite(float(e["value"])):
+                    raise ValueError(e)
                 entries.append(
                     asdict(
                         RankedCheckpoint(
@@ -486,19 +677,38 @@ class BestCheckpointSaver(FtCallback, ExportableState):
         return {"best_value": manifest.get("best_value"), "best_step": manifest.get("best_step"), "entries": entries}
 
     def _recover(self, out: str, fresh: bool) -> None:
-        """Rank 0, at the start: drop unfinished saves, finish pending deletions, repair the manifest."""
+        """Rank 0, at the start: drop unfinished saves, finish pending deletions, repair the manifest.
+
+        Deletes and keeps only folders this saver created (`_not_ours`); whatever else the manifest
+        names is reported once and left on disk."""
         for name in os.listdir(out):
-            if name.startswith(TMP_PREFIX):
-                _remove_tree(os.path.join(out, name))
-        manifest = read_manifest(out)
+            path = os.path.join(out, name)
+            if _TMP_NAME.fullmatch(name) and not os.path.islink(path):
+                if os.path.isdir(path):
+                    _remove_tree(path)
+                else:  # the write probe of a run killed at its start
+                    try:
+                        os.remove(path)
+                    except OSError:
+                        pass
+        refused: dict[str, str] = {}
+        manifest, problem = _load_manifest(out)
+        if problem is not None:
+            self._set_aside_malformed(out, problem, fresh)
         if manifest is not None:
-            listed = {e.get("path") for e in manifest.get("checkpoints", []) if isinstance(e, dict)}
-            # A deletion cut off, or a save renamed into place but never listed: both are ours.
-            leftovers = [*manifest.get("pruning", []), *manifest.get("pending", [])]
-            for name in leftovers:
-                if isinstance(name, str) and name.startswith("best-") and "/" not in name and name not in listed:
+            entries = manifest.get("checkpoints", [])
+            listed = {e["path"] for e in entries if isinstance(e, dict) and isinstance(e.get("path"), str)}
+            # A deletion cut off, or a save renamed into place but never listed: both are ours (if verified).
+            for name in [*manifest.get("pruning", []), *manifest.get("pending", [])]:
+                if name in listed:
+                    continue
+                reason = _not_ours(out, name)
+                if reason is None:
                     _remove_tree(os.path.join(out, name))
+                elif reason != _MISSING:
+                    refused[name] = reason
         if fresh:
+            self._report_refused(out, refused)
             if manifest is not None and manifest.get("checkpoints"):
                 archive = os.path.join(out, f"best_checkpoints.{int(time.time())}.json")
                 os.replace(os.path.join(out, MANIFEST), archive)
@@ -507,14 +717,23 @@ class BestCheckpointSaver(FtCallback, ExportableState):
                     "checkpoints are left on disk untouched. This run starts a new ranking."
                 )
             return
-        missing = [e for e in self.ranking.entries if not (Path(out) / e.path).is_dir()]
-        for e in missing:
+        missing = []
+        for e in list(self.ranking.entries):
+            reason = _not_ours(out, e.path)
+            if reason is None:
+                continue
             self.ranking.remove(e.path)
+            if reason == _MISSING:
+                missing.append(e.path)
+            else:
+                refused[e.path] = reason
+        self._report_refused(out, refused)
         if missing:
             warn(
-                f"{MANIFEST} listed checkpoints that no longer exist ({', '.join(e.path for e in missing)}); "
+                f"{MANIFEST} listed checkpoints that no longer exist ({', '.join(missing)}); "
                 "removed them from the ranking."
             )
+        if missing or refused:
             if not self.ranking.entries:
                 self.ranking.best_value = self.ranking.best_step = None
             else:
@@ -522,8 +741,31 @@ class BestCheckpointSaver(FtCallback, ExportableState):
                 self.ranking.best_value, self.ranking.best_step = best.value, best.step
         lost = manifest is None and bool(self.ranking.entries)  # restored from trainer_state.json
         dirty = manifest is not None and (manifest.get("pruning") or manifest.get("pending"))
-        if missing or lost or dirty:
+        if missing or refused or lost or dirty:
             self._write_manifest(out)
+
+    @staticmethod
+    def _report_refused(out: str, refused: dict[str, str]) -> None:
+        if refused:
+            listing = "; ".join(f"{name!r}: {reason}" for name, reason in refused.items())
+            warn(
+                f"{MANIFEST} in {out} names folders this saver did not create ({listing}). They are left untouched "
+                "and dropped from the manifest: only best-step… folders directly inside the directory, holding the "
+                f"saver's {INFO_FILE}, are ever loaded or deleted."
+            )
+
+    @staticmethod
+    def _set_aside_malformed(out: str, problem: str, fresh: bool) -> None:
+        """A manifest that cannot be used is kept for the user under another name, never deleted."""
+        path = os.path.join(out, MANIFEST)
+        aside = os.path.join(out, f"best_checkpoints.malformed-{int(time.time())}.json")
+        try:
+            os.replace(path, aside)
+            where = f"it was moved to {os.path.basename(aside)}"
+        except OSError as exc:
+            where = f"it could not be moved aside ({exc}) and will be overwritten"
+        then = "This run starts a new ranking" if fresh else "The ranking comes from the Trainer checkpoint (if any)"
+        warn(f"{MANIFEST} in {out} is malformed ({problem}); {where}. {then}; no checkpoint folder was deleted.")
 
     # -- events --------------------------------------------------------------------------------
     def _capture(self, kwargs: dict[str, Any]) -> None:
@@ -685,7 +927,11 @@ class BestCheckpointSaver(FtCallback, ExportableState):
             _remove_tree(final)  # it is under "pending" there, should this fail too
             raise
         for path in pruned:
-            _remove_tree(os.path.join(out, path))
+            reason = _not_ours(out, path)  # checked again: the folder may have been replaced since it was listed
+            if reason is None:
+                _remove_tree(os.path.join(out, path))
+            elif reason != _MISSING:
+                self._report_refused(out, {path: reason})
         if pruned:
             try:
                 self._write_manifest(out)
@@ -734,15 +980,26 @@ class BestCheckpointSaver(FtCallback, ExportableState):
         super().on_train_end(args, state, control, **kwargs)
         self._training = False
         trainer, self._trainer = self._trainer, None  # no reference cycle kept past training
+        try:
+            self._finish(args, state, kwargs.get("model"), trainer)
+        finally:
+            self._release_lock()
+
+    def _finish(self, args: Any, state: Any, model: Any, trainer: Any) -> None:
         out = self._dir(args)
         best = self.ranking.best
         if best is None:
             if state.is_world_process_zero:
-                report_event(args, state, message=f"BestCheckpointSaver: no finite {self.monitor}, nothing saved.")
+                report_event(args, state, message=self._nothing_saved_message(out))
             return
         folder = os.path.join(out, best.path)
+        # Rank 0 looks (its disk is the one written); every rank follows, so collective loads stay in step.
+        refused = broadcast_from_main(_not_ours(out, best.path) if state.is_world_process_zero else None)
+        if refused is not None:
+            if state.is_world_process_zero:
+                warn(f"the best checkpoint {folder} is {refused} now; it is neither loaded nor uploaded.")
+            return
         if self.load_best_at_end:
-            model = kwargs.get("model")
             if self._engine is None:
                 load_weights_into(model, folder)  # every rank: all must hold the same weights
             else:  # collective: rank 0 reads the file, the engine spreads it
@@ -753,12 +1010,27 @@ class BestCheckpointSaver(FtCallback, ExportableState):
         if state.is_world_process_zero:
             if self.upload_to_wandb and self._uploaded != folder:  # "every_best" did, unless that failed
                 self._upload(args, folder, best)
+            failed = ""
+            if self.save_errors:
+                failed = f" ({len(self.save_errors)} save(s) failed: {self.save_errors[-1]['error']})"
             report_event(
                 args,
                 state,
                 summary={f"best/{self.monitor}": best.value, "best/step": best.step, "best/checkpoint": best.path},
-                message=f"BestCheckpointSaver: best {self.monitor} {best.value:.6g} at step {best.step} in {folder}",
+                message=f"BestCheckpointSaver: best {self.monitor} {best.value:.6g} at step {best.step} in {folder}"
+                + failed,
             )
+
+    def _nothing_saved_message(self, out: str) -> str:
+        if not self.save_errors:
+            return f"BestCheckpointSaver: no finite {self.monitor}, nothing saved."
+        errors = list(dict.fromkeys(e["error"] for e in self.save_errors))  # distinct, in order
+        n = len(self.save_errors)
+        return (
+            f"BestCheckpointSaver: nothing saved: {f'all {n} saves' if n > 1 else 'the save'} of an improved "
+            f"{self.monitor} failed ({'; '.join(errors[:3])}). Fix the cause (disk space, permissions) in {out!r} or "
+            "pick another directory (TrainingArguments(output_dir=...) or BestCheckpointSaver(output_dir=...))."
+        )
 
     def _upload(self, args: Any, folder: str, best: RankedCheckpoint) -> None:
         run = SINK.run(getattr(args, "run_name", None))
