@@ -14,8 +14,9 @@ from ._compat import processing_class
 from .base import ConfigurationError, FtCallback, _Hub, monitor_skipped, require_evaluations
 from .core.modes import check_mode, is_improvement, normalize_metric_name
 from .core.perplexity import TokenLossTotals, safe_exp
-from .core.stopping import OverfitPolicy, StopDecision
+from .core.stopping import OverfitPolicy, StopDecision, format_number
 from .distributed import broadcast_from_main, gather_eval_rows
+from .engines import find_trainer, sharded_engine
 from .records import read_json, write_record
 from .reporting import EvaluationContext, _print, notice_once, report_event
 from .token_loss import TokenLossProbe, mean_or_nan
@@ -33,6 +34,94 @@ METRICS = (
     "loss_gap",
     "loss_ratio",
 )
+
+# Where restore_best_weights_max_bytes is None: the share of the host memory available when training
+# starts that the copy of the best weights may take (over all processes on the machine).
+MEMORY_FRACTION = 0.5
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} B"
+
+
+def available_memory() -> int | None:
+    """Host memory available now (bytes), or None where it cannot be read."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+class BestWeights:
+    """A host-memory copy of the weights training changes, taken at evaluations that improve.
+
+    Only trainable parameters (`requires_grad`: a PEFT model's adapter, not its frozen base) and
+    persistent buffers (which training may update, e.g. BatchNorm statistics) are kept; tied weights
+    once. Copies go into buffers allocated at the first copy, so memory holds one copy, never two.
+
+    Example:
+        >>> keep = BestWeights()
+        >>> keep.keep(model, step=30, loss=2.41)   # at an evaluation with a new best
+        >>> keep.put_back(model)                   # at the end: the model holds step 30's weights
+    """
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.step: int | None = None
+        self.loss: float | None = None
+
+    @staticmethod
+    def tracked(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The tensors that are kept, by name: trainable parameters and persistent buffers."""
+        out: dict[str, torch.Tensor] = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        for module_name, module in model.named_modules():
+            transient = getattr(module, "_non_persistent_buffers_set", set())
+            for name, buffer in module.named_buffers(recurse=False):
+                if buffer is not None and name not in transient:  # non-persistent ones are derived (masks, caches)
+                    out.setdefault(f"{module_name}.{name}" if module_name else name, buffer)
+        return out
+
+    @staticmethod
+    def size(tensors: dict[str, torch.Tensor]) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors.values())
+
+    def keep(self, model: torch.nn.Module, step: int, loss: float) -> None:
+        """Copy the tracked tensors to host memory (one device-to-host copy each)."""
+        live = self.tracked(model)
+        if set(live) != set(self.tensors):  # first copy, or requires_grad changed since
+            self.tensors = {}
+        with torch.no_grad():
+            for name, tensor in live.items():
+                held = self.tensors.get(name)
+                if held is None or held.shape != tensor.shape or held.dtype != tensor.dtype:
+                    self.tensors[name] = tensor.detach().to("cpu", copy=True)
+                else:
+                    held.copy_(tensor.detach())
+        self.step, self.loss = step, loss
+
+    def put_back(self, model: torch.nn.Module) -> None:
+        """Copy the kept tensors into `model`, in place.
+
+        Raises:
+            RuntimeError: the model no longer has a tensor that was kept.
+        """
+        live = self.tracked(model)
+        live.update({n: t for n, t in model.named_parameters() if n in self.tensors and n not in live})
+        missing = [name for name in self.tensors if name not in live]
+        if missing:
+            raise RuntimeError(f"the model no longer has {missing[:5]}; its best weights cannot be put back")
+        with torch.no_grad():
+            for name, held in self.tensors.items():
+                live[name].copy_(held)
 
 
 class OverfitGuard(FtCallback, ExportableState):
@@ -62,6 +151,21 @@ class OverfitGuard(FtCallback, ExportableState):
       once when a raw training step loss or the validation loss is NaN/inf or above the threshold;
     - warm-up: gap and plateau rules never stop before `min_steps` steps and `min_evals` evaluations.
 
+    A rule counts only the evaluations where its input exists: the plateau rule skips an evaluation
+    without `monitor` (a scorer that runs every few evaluations), the gap rule one without a training
+    loss.
+
+    Best weights, `restore_best_weights` (default "auto"): the trainable weights (a PEFT model's adapter
+    only) of the evaluation with the lowest validation token loss are copied to host memory at each
+    evaluation that improves on it, and put back into the model when training ends, early stop or not,
+    so `trainer.save_model()` saves the best. "auto" does so wherever it can and otherwise says, before
+    step 1, that the model will end with its last weights; True refuses (ConfigurationError) where it
+    cannot: a sharded engine (FSDP, DeepSpeed ZeRO-3) or weights over `restore_best_weights_max_bytes`
+    (None: half the memory available at the start, shared by the processes on the machine); False keeps
+    the last weights. Where the Trainer (`load_best_model_at_end=True`) or a
+    `BestCheckpointSaver(load_best_at_end=True)` loads a best checkpoint at the end, the guard leaves
+    the weights to it and keeps no copy.
+
     Works without `load_best_model_at_end` and `metric_for_best_model`. Its state is saved in every
     checkpoint and restored on `resume_from_checkpoint` even with the Trainer's
     `restore_callback_states_from_checkpoint=False`. Resuming a run that already stopped early raises
@@ -84,7 +188,25 @@ class OverfitGuard(FtCallback, ExportableState):
         train_sample_seed: int = 0,
         count_bytes: bool = True,
         resume_after_stop: Literal["error", "continue"] = "error",
+        restore_best_weights: bool | Literal["auto"] = "auto",
+        restore_best_weights_max_bytes: int | None = None,
     ) -> None:
+        """Set the rules; see the class docstring for each.
+
+        Args:
+            restore_best_weights: "auto" (default): put the best weights back at the end of training where
+                they fit in host memory and the engine does not shard them, else keep the last ones and say
+                so before step 1; True: the same, but refuse (ConfigurationError) where it cannot; False: the
+                model keeps its last weights.
+            restore_best_weights_max_bytes: the most host memory, in bytes per process, the copy may take;
+                None: half the memory available when training starts, shared by the processes on the machine.
+
+        Raises:
+            ConfigurationError: a setting that cannot work, with the fix in the message.
+
+        Example:
+            >>> Trainer(..., callbacks=[OverfitGuard(patience=3, restore_best_weights=True)])
+        """
         self._init_args = {
             "patience": patience,
             "min_delta": min_delta,
@@ -100,6 +222,8 @@ class OverfitGuard(FtCallback, ExportableState):
             "train_sample_seed": train_sample_seed,
             "count_bytes": count_bytes,
             "resume_after_stop": resume_after_stop,
+            "restore_best_weights": restore_best_weights,
+            "restore_best_weights_max_bytes": restore_best_weights_max_bytes,
         }
         if not isinstance(monitor, str):
             raise ConfigurationError(f"monitor={monitor!r} is not valid: name an eval metric such as 'eval_loss'.")
@@ -121,6 +245,28 @@ class OverfitGuard(FtCallback, ExportableState):
             raise ConfigurationError(
                 f"resume_after_stop={resume_after_stop!r} is not valid: use 'error' or 'continue'."
             )
+        if isinstance(train_sample_seed, bool) or not isinstance(train_sample_seed, (int, np.integer)):
+            raise ConfigurationError(f"train_sample_seed={train_sample_seed!r} is not valid: use a whole number.")
+        if not isinstance(count_bytes, bool):
+            raise ConfigurationError(f"count_bytes={count_bytes!r} is not valid: use True or False.")
+        if restore_best_weights not in (True, False, "auto") or not isinstance(restore_best_weights, (bool, str)):
+            raise ConfigurationError(
+                f"restore_best_weights={restore_best_weights!r} is not valid: use 'auto' (the best weights where "
+                "they fit), True (the best weights, or an error before training where that cannot be), or False "
+                "(the last weights)."
+            )
+        max_bytes = restore_best_weights_max_bytes
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1):
+            raise ConfigurationError(
+                f"restore_best_weights_max_bytes={max_bytes!r} is not valid: use a number of bytes (e.g. 8 * 2**30 "
+                "for 8 GiB), or None for half the memory available when training starts."
+            )
+        if restore_best_weights is False and max_bytes is not None:
+            raise ConfigurationError(
+                "restore_best_weights_max_bytes is set but restore_best_weights=False keeps no copy: drop one of them."
+            )
+        self.restore_best_weights: bool | Literal["auto"] = restore_best_weights
+        self.restore_best_weights_max_bytes = max_bytes
         self.train_sample_size = train_sample_size
         self.train_sample_seed = int(train_sample_seed)
         self.resume_after_stop = resume_after_stop
@@ -136,6 +282,12 @@ class OverfitGuard(FtCallback, ExportableState):
         self._training = False
         self._monitor_checked = False
         self._sample_indices: list[int] | None = None
+        self._best_weights: BestWeights | None = None  # None: no copy kept in this run
+        self._weights_note = ""  # why the model will not get the best weights back, for the final message
+        self._steps_in_window = 0
+        self._trained_since_eval = False
+        self._compare_loss: float | None = None
+        self._restored_step: int | None = None
         self._reset_window()
 
     # -- state ---------------------------------------------------------------------------------
@@ -218,6 +370,8 @@ class OverfitGuard(FtCallback, ExportableState):
         else:
             self.load_state_dict({})
             self._reset_window()
+        self._steps_in_window = 0
+        self._plan_best_weights(args, state, kwargs.get("model"))
 
     def _restore(self, args: Any, state: Any) -> None:
         saved = self._restored_state
@@ -272,6 +426,7 @@ class OverfitGuard(FtCallback, ExportableState):
             )
 
     def on_step_end(self, args, state, control, **kwargs):
+        self._steps_in_window += 1
         nll, tokens = self.probe.read_step()
         if tokens > 0 or not math.isfinite(nll):
             self._window_nll += nll
@@ -295,11 +450,17 @@ class OverfitGuard(FtCallback, ExportableState):
     def on_train_end(self, args, state, control, **kwargs):
         self._training = False
         self.probe.reset_eval()
+        self._restored_step = None
+        weights = self._put_back_best(kwargs.get("model"), state)  # every process: each holds its own copy
         if state.is_world_process_zero:
             self._write_record(args, state)
             summary = self._summary()
+            if self._restored_step is not None:
+                summary["restored_weights_step"] = self._restored_step
             if summary:
-                report_event(args, state, summary=summary, message=self._final_message(state))
+                report_event(args, state, summary=summary, message=f"{self._final_message(state)} {weights}")
+            else:
+                _print(f"[ft_callbacks] step {state.global_step} | OverfitGuard: {weights}")
         super().on_train_end(args, state, control, **kwargs)
 
     # -- evaluation ----------------------------------------------------------------------------
@@ -343,6 +504,8 @@ class OverfitGuard(FtCallback, ExportableState):
         if token_loss is not None and compare is not None and math.isfinite(compare):
             ctx.add("loss_gap", token_loss - compare)
             ctx.add("loss_ratio", token_loss / compare if compare else math.inf)
+        self._trained_since_eval = self._steps_in_window > 0
+        self._steps_in_window = 0
         self._reset_window()
         self._last_log_step = ctx.step
 
@@ -418,13 +581,21 @@ class OverfitGuard(FtCallback, ExportableState):
         decision = broadcast_from_main(decision)
         if is_improvement(token_loss, self.best_token_loss, "min"):  # strictly better: the earlier step keeps ties
             self.best_token_loss, self.best_step = token_loss, ctx.step
+        kept = self._best_weights
+        if kept is not None and ctx.model is not None and is_improvement(token_loss, kept.loss, "min"):
+            # The only device-to-host copy: at evaluations that improve (after a resume: on this session's best).
+            kept.keep(ctx.model, ctx.step, token_loss)
         gap = ctx.metrics.get(f"{ctx.prefix}_loss_gap")
         self.history.append({"step": ctx.step, "token_loss": token_loss, "train_loss": self._compare_loss, "gap": gap})
         parts = []
         if self.policy.gap is not None:
-            parts.append(f"gap widening {self.policy.gap.wait}/{self.policy.gap.patience}")
+            if self.policy.gap.measured:
+                parts.append(f"gap widening {self.policy.gap.wait}/{self.policy.gap.patience}")
+            elif self._trained_since_eval and self._compare_loss is None and ctx.is_main:
+                self._no_train_loss_notice(ctx)
         if self.policy.plateau is not None:
-            parts.append(f"plateau {self.policy.plateau.wait}/{self.policy.plateau.patience}")
+            counted = "" if self.policy.plateau.counted else f" ({self.monitor} missing: not counted)"
+            parts.append(f"plateau {self.policy.plateau.wait}/{self.policy.plateau.patience}{counted}")
         ctx.console.append(", ".join(parts))
         for name, value in self._summary().items():
             ctx.add_summary(name, value)
@@ -432,6 +603,153 @@ class OverfitGuard(FtCallback, ExportableState):
             self._stop(ctx.args, ctx.state, ctx.control, decision, ctx=ctx)
         elif ctx.is_main:
             self._write_record(ctx.args, ctx.state)
+
+    # -- best weights ----------------------------------------------------------------------------
+    def _plan_best_weights(self, args: Any, state: Any, model: Any) -> None:
+        """Before step 1: whether this run keeps a copy of the best weights; if not, why (said once)."""
+        self._best_weights, self._weights_note = None, ""
+        setting = self.restore_best_weights
+        if setting is False or model is None:
+            return
+        main = state.is_world_process_zero
+        trainer = find_trainer(self)
+        loader = self._best_loader(args, trainer, state)
+        if loader:
+            # Two mechanisms putting weights back would make the end depend on the callback order.
+            self._weights_note = f"{loader} puts its best checkpoint's weights into the model"
+            if main:
+                notice_once("best_weights_loader", "OverfitGuard keeps no copy of the best weights: at the end "
+                            f"of training {self._weights_note}.")  # fmt: skip
+            return
+        saver = "BestCheckpointSaver(load_best_at_end=True)"
+        engine = sharded_engine(model, trainer)
+        if engine is not None:
+            problem = f"under {engine} each process holds only a shard of the weights"
+            if setting is True:
+                raise ConfigurationError(
+                    f"OverfitGuard(restore_best_weights=True) cannot keep the best weights: {problem}. Add {saver}, "
+                    "which saves the best through the engine and loads it back at the end; or pass "
+                    "restore_best_weights=False to end with the last weights."
+                )
+            fixes = f"add {saver}, which saves the best through the engine and loads it back at the end"
+        else:
+            size = BestWeights.size(BestWeights.tracked(model))
+            budget, source = self._memory_budget()
+            if budget is None or size <= budget:
+                self._best_weights = BestWeights()
+                self._resume_notice(state)
+                return
+            frozen = not all(p.requires_grad for p in model.parameters())
+            what = "the trainable weights" if frozen else "the weights (the whole model is trained)"
+            problem = f"{what} take {_bytes(size)} per process, over the budget of {_bytes(budget)} ({source})"
+            fixes = (
+                "train an adapter (PEFT: only its weights are kept), raise restore_best_weights_max_bytes, or add "
+                f"{saver}, which keeps the best on disk"
+            )
+            if setting is True:
+                raise ConfigurationError(
+                    f"OverfitGuard(restore_best_weights=True) cannot keep the best weights in host memory: {problem}. "
+                    f"To fix it, {fixes}; or pass restore_best_weights=False to end with the last weights."
+                )
+        self._weights_note = f"the model keeps its last weights: {problem}"
+        if main:
+            notice_once("best_weights_unavailable", f"OverfitGuard keeps no copy of the best weights ({problem}): "
+                        f"the model will end with its last weights. For the best ones, {fixes}.")  # fmt: skip
+
+    def _resume_notice(self, state: Any) -> None:
+        if state.global_step == 0 or not state.is_world_process_zero:
+            return
+        before = ""
+        if self.best_step is not None:
+            before = (
+                f" The best before the restart (step {self.best_step}, validation token loss "
+                f"{format_number(self.best_token_loss)}) is not in memory; BestCheckpointSaver(load_best_at_end=True) "
+                "keeps the best on disk, across restarts."
+            )
+        notice_once(
+            "best_weights_resume",
+            f"OverfitGuard resumed at step {state.global_step}: at the end of training the model gets the weights of "
+            f"the best evaluation from step {state.global_step} on (its last weights if none has a finite loss)."
+            + before,
+        )
+
+    def _memory_budget(self) -> tuple[int | None, str]:
+        """(bytes the copy may take per process, where that number comes from); None: unknown, no limit."""
+        if self.restore_best_weights_max_bytes is not None:
+            return self.restore_best_weights_max_bytes, "restore_best_weights_max_bytes"
+        available = available_memory()
+        if available is None:
+            return None, ""
+        processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))  # every process keeps its own copy
+        share = f", shared by the {processes} processes on this machine" if processes > 1 else ""
+        budget = int(available * MEMORY_FRACTION) // processes
+        return budget, f"half of the {_bytes(available)} of memory available at the start{share}"
+
+    @staticmethod
+    def _best_loader(args: Any, trainer: Any, state: Any) -> str:
+        """Who else puts a best checkpoint's weights into the model at the end of training, if anyone."""
+        if getattr(args, "load_best_model_at_end", False):
+            return "the Trainer (load_best_model_at_end=True)"
+        from .best_checkpoint import BestCheckpointSaver
+
+        callbacks = getattr(getattr(trainer, "callback_handler", None), "callbacks", None)
+        if callbacks is None:
+            from .base import _Hub
+
+            callbacks = _Hub.of(state).members
+        if any(isinstance(cb, BestCheckpointSaver) and cb.load_best_at_end for cb in callbacks):
+            return "BestCheckpointSaver(load_best_at_end=True)"
+        return ""
+
+    def _put_back_best(self, model: Any, state: Any) -> str:
+        """At the end of training, on every process: the best weights back into the model. Returns the
+        sentence saying which weights the model now holds."""
+        kept, self._best_weights = self._best_weights, None  # the copy is freed once used
+        last = f"its last weights (step {state.global_step})"
+        if self.restore_best_weights is False:
+            if self.best_step is None or self.best_step == state.global_step:
+                return f"The model keeps {last}."
+            return (
+                f"The model keeps {last}, not the best (step {self.best_step}): restore_best_weights=True puts "
+                "those back."
+            )
+        if self._weights_note:
+            return f"{self._weights_note[0].upper()}{self._weights_note[1:]}."
+        if kept is None or kept.step is None or model is None:
+            return f"The model keeps {last}: no evaluation of this run had a finite validation loss."
+        kept.put_back(model)
+        self._restored_step = kept.step
+        sentence = (
+            f"The model holds the best weights, from step {kept.step} (validation token loss "
+            f"{format_number(kept.loss)}); trainer.save_model() saves those."
+        )
+        if self.best_step is not None and self.best_step != kept.step:
+            sentence += f" The best of the whole run (step {self.best_step}) was before the restart."
+        return sentence
+
+    def _no_train_loss_notice(self, ctx: EvaluationContext) -> None:
+        """Once: the gap rule had no training loss to compare with at this evaluation, why, and whether
+        it ever will in this run."""
+        if self.train_sample_size:
+            return  # the training sample could not be measured: the "sample" notice says so
+        args, state = ctx.args, ctx.state
+        strategy = str(getattr(args.logging_strategy, "value", args.logging_strategy))
+        every = int(getattr(state, "logging_steps", 0) or getattr(args, "logging_steps", 0) or 0)
+        max_steps = int(getattr(state, "max_steps", 0) or 0)
+        why = (
+            "OverfitGuard cannot read a training loss from the model's output (it returns a tuple, has no `loss`, "
+            "or the loss is computed outside the model), and the Trainer logged none since the previous evaluation"
+        )
+        fix = "return a ModelOutput with `loss`, set logging_steps <= eval_steps, or pass train_sample_size=N"
+        if strategy == "no" or (strategy == "steps" and max_steps and every > max_steps):
+            setting = "logging_strategy='no'" if strategy == "no" else f"logging_steps={every} > max_steps={max_steps}"
+            notice_once("gap_off", f"OverfitGuard's gap rule is off for this run: {why} and will log none before "
+                        f"an evaluation ({setting}). To use it, {fix}.")  # fmt: skip
+            return
+        eval_steps = getattr(state, "eval_steps", None) or args.eval_steps
+        notice_once("gap_sometimes", f"OverfitGuard has no training loss at step {ctx.step}: {why} (logging_steps="
+                    f"{every}, eval_steps={eval_steps}). The gap rule counts only evaluations with a training loss; "
+                    f"to measure it at every one, {fix}.")  # fmt: skip
 
     # -- stopping and records --------------------------------------------------------------------
     def _stop(self, args: Any, state: Any, control: Any, decision: StopDecision, ctx: EvaluationContext | None = None):
@@ -469,11 +787,13 @@ class OverfitGuard(FtCallback, ExportableState):
 
     def _final_message(self, state: Any) -> str:
         if self.policy.stopped:
-            return (
-                f"OverfitGuard: stopped early at step {self.policy.stop_step} ({self.policy.stop_rule} rule); "
-                f"best validation token loss {self.best_token_loss if self.best_token_loss is not None else '-'} "
-                f"at step {self.best_step}."
+            best = (
+                f"best validation token loss {format_number(self.best_token_loss)} at step {self.best_step}"
+                if self.best_step is not None
+                else "no finite validation loss before it"
             )
+            policy = self.policy
+            return f"OverfitGuard: stopped early at step {policy.stop_step} ({policy.stop_rule} rule); {best}."
         return f"OverfitGuard: training ran to step {state.global_step} without an early stop."
 
     def _record_path(self, args: Any) -> str:
