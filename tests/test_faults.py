@@ -202,10 +202,11 @@ def test_nan_or_inf_loss_mid_run_never_becomes_the_best_checkpoint(tokenizer, co
         assert reasons and reasons[0] == "train loss is inf"
     else:
         assert not guard.stopped and trainer.state.global_step == 16
-    # The fault reached the weights (the model really went bad) ...
+    # The fault reached the weights (every evaluation from bad_from on is non-finite, above); when the
+    # guard stopped, it put the finite best weights back at the end (restore_best_weights="auto") ...
     if guard_stops:
-        assert not _finite_weights(trainer.model)
-    # ... but never the ranking: the best is the best finite value before it.
+        assert _finite_weights(trainer.model) and guard.best_step < bad_from
+    # ... but the fault never reached the ranking: the best is the best finite value before it.
     assert all(s["step"] < bad_from for s in saver.saves)
     manifest = _assert_manifest_matches_disk(out)
     best_before = min(v for s, v in evals.items() if s < bad_from)
