@@ -54,6 +54,24 @@ from typing import Any, Literal, overload
 
 from .errors import ConfigurationError
 
+
+class ScoringCancelled(RuntimeError):
+    """`TextScorer.score(stop=...)` gave up because its stop event was set."""
+
+
+class _Stop:
+    """An optional stop event, checked at batch boundaries."""
+
+    def __init__(self, event: Any) -> None:
+        self._event = event
+
+    def check(self) -> None:
+        if self._event is not None and self._event.is_set():
+            raise ScoringCancelled("scoring was cancelled")
+
+
+_NO_STOP = _Stop(None)
+
 KNOWN_METRICS: tuple[str, ...] = ("rouge", "bleu", "chrf", "bertscore", "exact_match")
 ROUGE_BACKENDS: tuple[str, ...] = ("auto", "rs", "rouge-score")
 DEFAULT_ROUGE_TYPES: tuple[str, ...] = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -557,7 +575,9 @@ class _BertScore:
             flat = [t for g in refs.groups for t in g]
             self._ref_idf = self._idf_from(flat, self._ids)
 
-    def _embed(self, texts: list[str], ids: Mapping[str, list[int]], idf_dict: Any, to_cpu: bool) -> dict:
+    def _embed(
+        self, texts: list[str], ids: Mapping[str, list[int]], idf_dict: Any, to_cpu: bool, stop: _Stop = _NO_STOP
+    ) -> dict:
         """(embedding, idf weights) per distinct text, embedded in batches sorted by token count."""
         import torch
         from bert_score.utils import bert_encode, padding
@@ -568,6 +588,7 @@ class _BertScore:
         out: dict[str, tuple[Any, Any]] = {}
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
+                stop.check()
                 batch = order[start : start + self.batch_size]
                 arr = [ids[t] for t in batch]
                 padded, lens, mask = padding(arr, pad_id, dtype=torch.long)
@@ -599,7 +620,9 @@ class _BertScore:
         mask = (base < lens.unsqueeze(1)).to(self.device)
         return emb_pad, mask, idf_pad
 
-    def score(self, predictions: list[str], refs: _Refs, cached: bool) -> dict[str, list[float]]:
+    def score(
+        self, predictions: list[str], refs: _Refs, cached: bool, stop: _Stop = _NO_STOP
+    ) -> dict[str, list[float]]:
         import torch
         from bert_score.utils import greedy_cos_idf
 
@@ -612,14 +635,14 @@ class _BertScore:
             idf_dict = self._ref_idf if self.idf else self._plain_idf()
             missing = [t for t in refs.unique_texts() if t not in self._ref_cache]
             if missing:
-                self._ref_cache.update(self._embed(missing, ids, idf_dict, to_cpu=True))
+                self._ref_cache.update(self._embed(missing, ids, idf_dict, to_cpu=True, stop=stop))
             ref_stats = self._ref_cache
         else:
             ids = {t: self._encode(t) for t in refs.unique_texts()}
             idf_dict = self._idf_from([t for g in refs.groups for t in g], ids) if self.idf else self._plain_idf()
-            ref_stats = self._embed(list(ids), ids, idf_dict, to_cpu=False)
+            ref_stats = self._embed(list(ids), ids, idf_dict, to_cpu=False, stop=stop)
         pred_ids = {t: ids[t] if t in ids else self._encode(t) for t in dict.fromkeys(predictions)}
-        hyp_stats = self._embed(list(pred_ids), pred_ids, idf_dict, to_cpu=False)
+        hyp_stats = self._embed(list(pred_ids), pred_ids, idf_dict, to_cpu=False, stop=stop)
 
         # The pairs in bert_score's order and batches (multi-reference: flattened per sample).
         flat_refs = [r for g in refs.groups for r in g]
@@ -627,6 +650,7 @@ class _BertScore:
         preds = []
         with torch.inference_mode():
             for start in range(0, len(flat_refs), self.batch_size):
+                stop.check()
                 r = self._pad([ref_stats[t] for t in flat_refs[start : start + self.batch_size]])
                 h = self._pad([hyp_stats[t] for t in flat_hyps[start : start + self.batch_size]])
                 p, rc, f = greedy_cos_idf(*r, *h, False)
@@ -917,9 +941,15 @@ class TextScorer:
         predictions: Sequence[str],
         references: References | None = None,
         indices: Sequence[int] | None = None,
+        stop: Any = None,
     ) -> TextScores:
         """Score `predictions` against `references` (default: the init references, or the subset
-        `indices` of them, one index per prediction)."""
+        `indices` of them, one index per prediction).
+
+        `stop`: an optional `threading.Event`; once it is set, the call gives up at the next metric or
+        BERTScore batch and raises `ScoringCancelled` (so a thread scoring in the background can be
+        abandoned without leaving it inside the BERT model at interpreter exit)."""
+        halt = _Stop(stop)
         preds = _normalize_predictions(predictions)
         refs, idx = self._resolve(len(preds), references, indices)
         cached = references is None
@@ -928,6 +958,7 @@ class TextScorer:
         per_sample: dict[str, list[float]] = {}
         signatures: dict[str, str] = {}
         for metric in self.metrics:
+            halt.check()
             if callable(metric):
                 name = getattr(metric, "__name__", type(metric).__name__)
                 _merge_extra(name, metric(list(preds), refs.as_given()), len(preds), corpus, per_sample)
@@ -950,7 +981,7 @@ class TextScorer:
                     per_sample["chrf"] = sacre.sentence_scores(stats)
             elif metric == "bertscore":
                 assert self._bert is not None
-                values = self._bert.score(preds, refs, cached)
+                values = self._bert.score(preds, refs, cached, halt)
                 for key, vals in values.items():
                     per_sample[key] = vals
                     corpus[key] = _mean(vals)
@@ -972,6 +1003,14 @@ class TextScorer:
                 _merge_extra(metric, result, len(preds), corpus, per_sample)
         return TextScores(corpus, per_sample, signatures)
 
+    def load_metrics(self) -> None:
+        """Load every `evaluate` metric now rather than at the first `score()`, so a name that does not
+        load (a hub metric offline, a typo in a path) is a ConfigurationError naming the fix before any
+        work is done, not a failure at every scoring round."""
+        for metric in self.metrics:
+            if isinstance(metric, str) and metric not in KNOWN_METRICS:
+                self._load_evaluate(metric)
+
     def _load_evaluate(self, name: str) -> Any:
         if name not in self._evaluate_modules:
             try:
@@ -980,9 +1019,9 @@ class TextScorer:
                 self._evaluate_modules[name] = evaluate.load(name)
             except Exception as exc:
                 raise ConfigurationError(
-                    f"metric {name!r} is not one of {KNOWN_METRICS}, and evaluate.load({name!r}) failed: {exc}. "
-                    "evaluate.load needs network access for hub metrics (or pass the path of a local metric "
-                    "script), or use a built-in metric or a callable."
+                    f"metric {name!r} is not one of {KNOWN_METRICS}, and evaluate.load({name!r}) failed: "
+                    f"{str(exc).rstrip('. ')}. evaluate.load needs network access for hub metrics (or pass the path "
+                    "of a local metric script), or use a built-in metric or a callable."
                 ) from exc
         return self._evaluate_modules[name]
 
@@ -1043,6 +1082,7 @@ def score_texts(
 __all__ = [
     "KNOWN_METRICS",
     "ROUGE_BACKENDS",
+    "ScoringCancelled",
     "TextScorer",
     "TextScores",
     "default_bertscore_model",
