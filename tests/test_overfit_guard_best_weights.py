@@ -15,6 +15,7 @@ from transformers import GPT2LMHeadModel, TrainerCallback
 from ft_callbacks import BestCheckpointSaver, ConfigurationError, OverfitGuard, toy
 
 from .helpers import lm_trainer, run_torchrun
+from .test_overfit_guard_distributed import ddp_run  # noqa: F401  (the 2-process DDP run, as a fixture)
 
 SCRIPTS = Path(__file__).parent / "dist_scripts"
 
@@ -158,3 +159,14 @@ def test_zero3_refuses_restore_best_weights_before_the_first_step(tokenizer, tmp
     assert "ConfigurationError" in output and "under DeepSpeed ZeRO-3" in output, output[-6000:]
     assert "BestCheckpointSaver(load_best_at_end=True)" in output
     assert not (tmp_path / "steps.json").exists()  # not one training step
+
+
+@pytest.mark.distributed
+def test_ddp_every_rank_ends_with_the_best_weights(ddp_run):  # noqa: F811
+    """tests/dist_scripts/overfit_guard_ddp.py: OverfitGuard(patience=2) gap-stops a 2-process DDP run;
+    the evaluate() after training sees the best evaluation's weights on both ranks."""
+    (r0, r1), _, _ = ddp_run
+    best = min(r0["eval_perplexity"])
+    assert r0["stop_rule"] == "gap" and r0["eval_perplexity"][-1] > best  # the last weights were worse
+    assert r0["post_train_eval_perplexity"] == r1["post_train_eval_perplexity"] == pytest.approx(best, rel=1e-9)
+    assert r0["post_train_hand_perplexity"] == pytest.approx(best, rel=1e-5)

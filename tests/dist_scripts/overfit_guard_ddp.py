@@ -111,7 +111,9 @@ class HandEval(TrainerCallback):
         dist.all_gather(every, mine)
         self.checksums[state.global_step] = [float(t) for t in every]
         self.wrappers[state.global_step] = type(self.trainer.model_wrapped).__name__
-        if state.is_world_process_zero:
+        # The standalone evaluate() after training has the stop step too, and by then the guard has put
+        # the best weights back: keep the value of the evaluation during training.
+        if state.is_world_process_zero and state.global_step not in self.values:
             ppl, _ = exact_perplexity(model, self.trainer.eval_dataset, self.trainer.processing_class)
             self.values[state.global_step] = ppl
 
