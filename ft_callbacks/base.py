@@ -87,7 +87,7 @@ def monitor_skipped(owner: str, monitor: str, ctx: EvaluationContext) -> bool:
     if monitor in _Hub.of(ctx.state).produced_metrics(ctx.prefix):
         if ctx.is_main:
             _print(f"[ft_callbacks] step {ctx.step} | {owner}: {monitor} is missing this evaluation (its producer "
-                   "skipped the round); it counts as no improvement this time.")  # fmt: skip
+                   "skipped the round); this evaluation is not counted.")  # fmt: skip
         return True
     raise missing_monitor_error(owner, monitor, ctx)
 
