@@ -1,24 +1,30 @@
 """GenerationScorer: the model generates from fixed prompts every so often; ROUGE, BLEU, BERTScore
 (and label metrics for generative classification) score the text against references.
 
-Generation is real (`model.generate`, KV cache, greedy unless told otherwise), batched by prompt
-length. Prompts are tokenised once and padded here (left for decoder-only models), so the user's
+Generation is real (`model.generate`, KV cache, greedy unless told otherwise; under a Seq2SeqTrainer
+with the Trainer's own generation settings, and its own predictions reused where it made them), batched
+by prompt length. Prompts are tokenised once and padded here (left for decoder-only models), so the user's
 tokenizer is never switched to another padding side. Under several processes each rank generates a
 shard of the prompts, the texts are gathered and rank 0 scores them once. Text scoring (CPU work)
 runs in a background thread while training goes on, and rank 0 logs the results at the step they
 belong to; when a monitor needs the score at that very evaluation, scoring is synchronous and rank 0
-broadcasts the numbers, so every rank acts on the same metrics.
+broadcasts the numbers, so every rank acts on the same metrics. The background queue is bounded and its
+thread is a daemon: Ctrl-C, a scoring_timeout or the end of the script never waits for queued rounds.
 """
 
 from __future__ import annotations
 
+import atexit
+import copy
 import math
+import numbers
 import os
+import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Literal
 
@@ -50,6 +56,11 @@ METRIC_KEYS: dict[str, tuple[str, ...]] = {
 LABEL_KEYS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "f1_macro", "invalid_rate")
 # Which per-sample score ranks samples for the "lowest k" table, in order of preference.
 _RANKING_SCORES = ("rougeL", "bertscore_f1", "chrf", "exact_match")
+# Background rounds queued or being scored at most. When scoring is slower than evaluations come,
+# an unbounded queue grows without end and outlives the run; past this, training waits for the oldest.
+MAX_QUEUED_ROUNDS = 2
+# Seconds the interpreter's exit waits for a scorer told to stop (BERTScore stops at its next batch).
+_EXIT_GRACE_S = 2.0
 
 
 class GenerationFailed(RuntimeError):
@@ -67,16 +78,29 @@ class GenerationScorer(FtCallback, ExportableState):
     per-sample scores) that grows over the run, and the `num_lowest` lowest-scoring samples of each
     round. `BestCheckpointSaver(monitor="eval_rougeL")` and `metric_for_best_model` can use them.
 
-    Prompts come from `prompts=`/`references=`, or from `dataset=`: either with text columns
-    (`prompt_column`, `reference_column`) or tokenised (`input_ids` + `labels`, where label -100
-    marks the prompt of a causal LM; for encoder-decoder models the input is the prompt and the
-    labels the reference). A fixed, seeded sample of `num_samples` is used every time.
+    Prompts come from `prompts=`/`references=` (lists, one reference or list of references per
+    prompt), or from `dataset=` (a `datasets.Dataset`; a list of dicts, a dict of lists or a pandas
+    DataFrame is converted): either with text columns (`prompt_column`, `reference_column`) or
+    tokenised (`input_ids` + `labels`, where label -100 marks the prompt of a causal LM; for
+    encoder-decoder models the input is the prompt and the labels the reference). A fixed, seeded
+    sample of `num_samples` is used every time. Empty prompts, lone surrogates, strings where lists
+    go and flags of the wrong type are refused at construction.
+
+    Under a `Seq2SeqTrainer` (Seq2SeqTrainingArguments) generation follows the Trainer's settings:
+    `generation_max_length`, `generation_num_beams`, `generation_config` and the model's
+    generation_config, so the texts are the ones its own `predict()` makes. With
+    `predict_with_generate=True`, an encoder-decoder model and no override here, the texts the
+    Trainer generated in the evaluation for these prompts (matched by token ids) are reused, not
+    generated a second time.
 
     Args:
         metrics: any of "rouge", "bleu", "chrf", "bertscore", "exact_match", a name `evaluate.load`
-            accepts, or a callable `(predictions, references) -> dict`.
-        max_new_tokens: generation length (default 64 unless `generation_config` sets it).
-        generation_config: a `transformers.GenerationConfig`; default greedy decoding.
+            accepts (loaded at construction, so one that does not load is refused then), or a
+            callable `(predictions, references) -> dict`; one name alone is one metric.
+        max_new_tokens: generation length (default: a Seq2SeqTrainer's settings; otherwise 64
+            unless `generation_config` sets a length).
+        generation_config: a `transformers.GenerationConfig` whose set fields override the
+            defaults (greedy; a Seq2SeqTrainer's settings).
         batch_size: prompts per `generate` call.
         every_n_evals: score every n-th evaluation (default every one); `every_n_steps` instead
             runs rounds on a step schedule of its own.
@@ -90,10 +114,12 @@ class GenerationScorer(FtCallback, ExportableState):
             the step they belong to); a monitor that needs the score makes that evaluation wait.
             "auto" (default): only when there is spare CPU (the model is on an accelerator, or
             more cores than torch threads), since on busy cores the thread slows training about
-            as much as it saves; True/False force it.
+            as much as it saves; True/False force it. At most `MAX_QUEUED_ROUNDS` (2) rounds are
+            queued; when scoring is slower than evaluations come, training waits for the oldest.
         scorer_options: passed to `TextScorer` (e.g. `use_stemmer`, `bertscore_model`,
             `bertscore_num_layers`, `bertscore_idf`, `device`).
-        scoring_timeout: seconds to wait at train end for background scoring before giving up.
+        scoring_timeout: seconds to wait for a background round (at train end, or for room in a
+            full queue) before dropping it, and the rounds queued behind it, with one line saying so.
     """
 
     def __init__(
@@ -122,6 +148,7 @@ class GenerationScorer(FtCallback, ExportableState):
         scorer_options: dict[str, Any] | None = None,
         scoring_timeout: float = 600.0,
     ) -> None:
+        metrics = _metric_list(metrics)
         self._init_args = {"num_samples": num_samples, "seed": seed, "metrics": [str(m) for m in metrics]}
         if prompts is None and dataset is None:
             raise ConfigurationError(
@@ -130,11 +157,16 @@ class GenerationScorer(FtCallback, ExportableState):
             )
         if prompts is not None and dataset is not None:
             raise ConfigurationError("Pass either prompts=/references= or dataset=, not both.")
+        _check_options(
+            background=background, baseline=baseline, chat_template=chat_template, seed=seed,
+            scoring_timeout=scoring_timeout, generation_config=generation_config, scorer_options=scorer_options,
+            label_names=label_names, prompt_column=prompt_column, reference_column=reference_column,
+        )  # fmt: skip
         if prompts is not None:
-            prompts = list(prompts)
+            prompts = _list_of("prompts", prompts, "prompts=['Once upon a time', ...]")
             if references is None:
                 raise ConfigurationError("prompts= needs references= (one reference, or a list of them, per prompt).")
-            references = list(references)
+            references = _list_of("references", references, "references=['the expected text', ...]")
             if not prompts:
                 raise ConfigurationError("prompts= is empty: give at least one prompt.")
             if len(prompts) != len(references):
@@ -142,6 +174,13 @@ class GenerationScorer(FtCallback, ExportableState):
                     f"prompts has {len(prompts)} items but references has {len(references)}: give one reference "
                     "(or one list of references) per prompt."
                 )
+            for i, prompt in enumerate(prompts):
+                _check_prompt(prompt, f"prompts[{i}]")
+            for i, reference in enumerate(references):
+                _check_reference(reference, f"references[{i}]")
+        if dataset is not None:
+            dataset = _as_dataset(dataset)
+            _check_dataset(dataset, prompt_column, reference_column)
         for name, value, low in (("batch_size", batch_size, 1), ("every_n_evals", every_n_evals, 1),
                                  ("num_lowest", num_lowest, 0), ("max_table_rows", max_table_rows, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -150,7 +189,6 @@ class GenerationScorer(FtCallback, ExportableState):
                             ("max_new_tokens", max_new_tokens)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigurationError(f"{name}={value!r} is not valid: use a positive integer or None.")
-        metrics = list(metrics)
         if label_names is None and not metrics:
             raise ConfigurationError("metrics is empty: name at least one, e.g. ('rouge', 'bleu').")
         for metric in metrics:
@@ -180,13 +218,19 @@ class GenerationScorer(FtCallback, ExportableState):
         self.num_lowest = num_lowest
         self.max_table_rows = max_table_rows
         self.scorer_options = dict(scorer_options or {})
-        self.scoring_timeout = scoring_timeout
+        self.scoring_timeout = float(scoring_timeout)
         self._raw_prompts = prompts
         self._raw_references = references
         self.scorer: TextScorer | None = None
         if metrics and references is not None and self.label_names is None:
             # Built now so a bad option or a missing backend fails at construction.
             self.scorer = self._build_scorer(self._sample(list(references))[1])
+            self.scorer.load_metrics()  # an evaluate name that does not load fails now, not at every round
+        elif metrics and self.label_names is None:
+            # References come from the dataset (decoded with the tokenizer later): check the evaluate names now.
+            names = [m for m in metrics if isinstance(m, str) and m not in KNOWN_METRICS]
+            if names:
+                TextScorer(names).load_metrics()
         self.baseline_scores: dict[str, float] | None = None
         self.history: list[dict[str, Any]] = []  # per round: step and corpus scores
         self.table_rows: list[list[Any]] = []
@@ -195,8 +239,17 @@ class GenerationScorer(FtCallback, ExportableState):
         self._prompt_texts: list[str] = []
         self._references: list[Any] = []
         self._evals_seen = 0
-        self._executor: ThreadPoolExecutor | None = None
+        self._worker: _ScoringWorker | None = None
         self._trainer: Any = None  # the Trainer running us (found at train begin)
+        self._args: Any = None  # its TrainingArguments (a Seq2SeqTrainer's generation settings are followed)
+        self._trainer_generation: GenerationConfig | None = None  # Seq2SeqTrainingArguments.generation_config
+        # Reusing a Seq2SeqTrainer's own predictions (predict_with_generate=True): the hook on its
+        # prediction_step, the prompt ids it looks for, and the texts it found in this evaluation.
+        self._capture_hook: tuple[Any, Callable] | None = None
+        self._prompt_index: dict[tuple[int, ...], list[int]] = {}
+        self._captured: dict[int, str] = {}
+        self._capture_tokenizer: Any = None
+        self.reused_last_round = 0  # texts of the latest round taken from the Trainer's predictions
         # Background rounds in order: step, prefix, scoring, texts, is_baseline.
         self._pending: list[tuple[int, str, Future, list[str], bool]] = []
         self._lock = threading.Lock()
@@ -269,10 +322,16 @@ class GenerationScorer(FtCallback, ExportableState):
         if self.every_n_steps is None:
             alternative = ", or GenerationScorer(every_n_steps=N)"
             require_evaluations(args, "GenerationScorer", "scores at evaluations", alternative)
+        # Rounds still queued from an earlier train() that was interrupted (a notebook's Ctrl-C) are stale.
+        self._drop_pending(state, "left over from an earlier, interrupted train()")
         model = kwargs.get("model")
         tokenizer = processing_class(kwargs)
         self._trainer = find_trainer(self)  # FSDP1 generates inside its wrapper's gather
+        self._args = args
+        self._trainer_generation = _args_generation_config(args, self._trainer)
         self._prepare(model, tokenizer)
+        self._install_capture(tokenizer)
+        self._announce_generation(args, state)
         self._sync = not self._background_pays(model)
         if state.global_step > 0:
             saved = self._restored
@@ -366,7 +425,17 @@ class GenerationScorer(FtCallback, ExportableState):
             p if isinstance(p, str) else tokenizer.decode(self._prompt_ids[i], skip_special_tokens=True)
             for i, p in enumerate(prompts)
         ]
+        empty = [i for i, ids in enumerate(self._prompt_ids) if not ids]
+        if empty:  # generate() fails on them with an IndexError, or a padding hint that does not apply
+            raise ConfigurationError(
+                f"{len(empty)} prompt(s) have no tokens after tokenisation (e.g. {self._prompt_texts[empty[0]]!r}): "
+                "the model needs at least one token to continue. Give each prompt text the tokenizer keeps, or "
+                "drop the empty examples from the dataset."
+            )
         self._limit_prompt_lengths(base, tokenizer)
+        self._prompt_index = {}
+        for i, ids in enumerate(self._prompt_ids):
+            self._prompt_index.setdefault(tuple(ids), []).append(i)
         if self.metrics and self.label_names is None and (self.scorer is None or self.dataset is not None):
             self.scorer = self._build_scorer(references)
 
@@ -376,7 +445,8 @@ class GenerationScorer(FtCallback, ExportableState):
         data = self.dataset
         columns = list(getattr(data, "column_names", None) or (data[0].keys() if len(data) else []))
         if self.prompt_column in columns and self.reference_column in columns:
-            return list(data[self.prompt_column]), list(data[self.reference_column])
+            prompts, references = _columns(data, self.prompt_column, self.reference_column)
+            return prompts, references
         if "input_ids" in columns and "labels" in columns:
             prompts, references = [], []
             for row in data:
@@ -403,8 +473,8 @@ class GenerationScorer(FtCallback, ExportableState):
         )
 
     def _encode(self, tokenizer: Any, prompt: Any) -> list[int]:
-        if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], int):
-            return list(prompt)
+        if isinstance(prompt, (list, tuple)) and (not prompt or isinstance(prompt[0], numbers.Integral)):
+            return [int(t) for t in prompt]
         messages = prompt if isinstance(prompt, (list, tuple)) else None
         if messages is None and self.chat_template:
             messages = [{"role": "user", "content": str(prompt)}]
@@ -444,42 +514,179 @@ class GenerationScorer(FtCallback, ExportableState):
             )
 
     def _new_tokens(self, base: Any) -> int:
-        if self.max_new_tokens is not None:
-            return self.max_new_tokens
-        if self.generation_config is not None and self.generation_config.max_new_tokens:
-            return int(self.generation_config.max_new_tokens)
-        return 64
+        """New tokens a round may generate, for the prompt budget (0 when only a total max_length bounds it)."""
+        return int(self._settings(base).max_new_tokens or 0)
 
     # -- generation ------------------------------------------------------------------------------
-    def _generation_config(self, base: Any, tokenizer: Any) -> GenerationConfig:
-        if self.generation_config is not None:
-            config = GenerationConfig.from_dict(self.generation_config.to_dict())
+    def _follows_trainer(self) -> bool:
+        """Under Seq2SeqTrainingArguments the Trainer has generation settings of its own (generation_max_length,
+        generation_num_beams, generation_config, the model's generation_config); our texts follow them, so they
+        are the texts the script's own predictions are."""
+        return _is_seq2seq_args(self._args)
+
+    def _settings(self, base: Any) -> GenerationConfig:
+        """The generation settings, before the tokenizer's fill-ins. Unset fields are filled by `generate()`
+        from the model's generation_config, as for the Trainer's own generation.
+
+        Under a Seq2SeqTrainer: its settings (what `Seq2SeqTrainer.prediction_step` passes to `generate`).
+        Otherwise: greedy, 64 new tokens. Then the user's `generation_config` fields and `max_new_tokens`
+        override either."""
+        following = self._follows_trainer()
+        if following:
+            args = self._args
+            config = copy.deepcopy(self._trainer_generation) if self._trainer_generation else GenerationConfig()
+            if args.generation_max_length is not None:
+                config.max_length = args.generation_max_length
+            if args.generation_num_beams is not None:
+                config.num_beams = args.generation_num_beams
         else:
             config = GenerationConfig(do_sample=False, num_beams=1)
-        config.max_new_tokens = self._new_tokens(base)
+        if self.generation_config is not None:
+            overrides = self.generation_config.to_diff_dict()
+            overrides.pop("transformers_version", None)
+            config.update(**overrides)
+        if self.max_new_tokens is not None:
+            config.max_new_tokens = self.max_new_tokens
+        elif not following and config.max_new_tokens is None and config.max_length is None:
+            config.max_new_tokens = 64
+        return config
+
+    def _generation_config(self, base: Any, tokenizer: Any) -> GenerationConfig:
+        config = self._settings(base)
+        following = self._follows_trainer()
+        model_config = getattr(base, "generation_config", None)
+
+        def unset(name: str) -> bool:  # when following, the model's generation_config has the say
+            return getattr(config, name, None) is None and (
+                not following or getattr(model_config, name, None) is None
+            )
+
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        config.pad_token_id = pad
-        if config.eos_token_id is None:
+        if not following or unset("pad_token_id"):
+            config.pad_token_id = pad
+        if unset("eos_token_id"):
             config.eos_token_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else None
-        if getattr(base.config, "is_encoder_decoder", False) and config.decoder_start_token_id is None:
+        if getattr(base.config, "is_encoder_decoder", False) and unset("decoder_start_token_id"):
             start = getattr(base.config, "decoder_start_token_id", None)
             config.decoder_start_token_id = start if start is not None else pad
         config.use_cache = True
         return config
 
-    def generate(self, model: Any, tokenizer: Any, args: Any = None, show_progress: bool = True) -> list[str | None]:
+    def _announce_generation(self, args: Any, state: Any) -> None:
+        """Under a Seq2SeqTrainer, say once which settings the generations follow (and whether they are reused)."""
+        if not self._follows_trainer() or not state.is_world_process_zero or self._prompt_ids is None:
+            return
+        followed = [f"{name}={getattr(args, name)}" for name in ("generation_max_length", "generation_num_beams")
+                    if getattr(args, name, None) is not None]  # fmt: skip
+        own = [f"{k}={v}" for k, v in (("max_new_tokens", self.max_new_tokens),) if v is not None]
+        if self.generation_config is not None:
+            own.append("generation_config")
+        line = (
+            "GenerationScorer generates as the Seq2SeqTrainer does: "
+            + ", ".join([*followed, "the model's generation_config"])
+            + (f", overridden by GenerationScorer's {', '.join(own)}" if own else "")
+        )
+        settings = self._settings(None)
+        if settings.max_new_tokens is None and settings.max_length is None:
+            model_config = getattr(unwrap_model(getattr(self._trainer, "model", None)), "generation_config", None)
+            if getattr(model_config, "max_new_tokens", None) is None and getattr(model_config, "max_length", 20) == 20:
+                line += " (max_length is transformers' default 20 tokens: set generation_max_length= for longer texts)"
+        if self._capture_hook is not None:
+            line += "; with predict_with_generate=True its own predictions for these prompts are reused"
+        notice_once("gen:follow", line + ".")
+
+    # -- reusing a Seq2SeqTrainer's predictions ----------------------------------------------------
+    def _install_capture(self, tokenizer: Any) -> None:
+        """With predict_with_generate=True a Seq2SeqTrainer generates for every eval example already. When our
+        prompts are among them (found by their token ids) and the settings are the Trainer's own, we take its
+        texts instead of generating them again: wrap this Trainer instance's prediction_step, which returns
+        the generated ids next to the inputs they came from (no callback event carries them)."""
+        self._remove_capture()
+        trainer = self._trainer
+        if (
+            trainer is None or not self._follows_trainer() or not getattr(self._args, "predict_with_generate", False)
+            or self.decoder_only  # its decoder-only outputs hold the (right-padded) prompt: not comparable
+            or self.generation_config is not None or self.max_new_tokens is not None  # other settings than its own
+            or not hasattr(trainer, "prediction_step") or self._prompt_ids is None
+        ):  # fmt: skip
+            return
+        original = trainer.prediction_step
+
+        def prediction_step(model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+            output = original(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+            if not prediction_loss_only and not gen_kwargs:
+                try:
+                    self._capture(trainer, inputs, output[1] if isinstance(output, tuple) else None)
+                except Exception:  # an optimisation only: what is not found is generated by us
+                    pass
+            return output
+
+        trainer.prediction_step = prediction_step
+        self._capture_hook = (trainer, prediction_step)
+        self._capture_tokenizer = tokenizer
+        self._captured = {}
+
+    def _remove_capture(self) -> None:
+        if self._capture_hook is not None:
+            trainer, hook = self._capture_hook
+            if trainer.__dict__.get("prediction_step") is hook:
+                del trainer.prediction_step
+        self._capture_hook = None
+        self._captured = {}
+
+    def _capture(self, trainer: Any, inputs: Any, generated: Any) -> None:
+        """Keep the Trainer's generated text of every batch row whose input ids are one of our prompts."""
+        args = self._args
+        expected = {k: v for k, v in (("max_length", args.generation_max_length),
+                                      ("num_beams", args.generation_num_beams)) if v is not None}  # fmt: skip
+        used = {k: v for k, v in (getattr(trainer, "_gen_kwargs", None) or {}).items() if v is not None}
+        if not torch.is_tensor(generated) or used != expected:  # evaluate(num_beams=...) by hand: not ours
+            return
+        ids, mask = inputs.get("input_ids"), inputs.get("attention_mask")
+        if not torch.is_tensor(ids) or not torch.is_tensor(mask) or generated.shape[0] != ids.shape[0]:
+            return
+        hits: list[tuple[int, list[int]]] = []
+        for row, (seq, keep) in enumerate(zip(ids.tolist(), mask.tolist(), strict=True)):
+            found = self._prompt_index.get(tuple(t for t, m in zip(seq, keep, strict=True) if m))
+            if found:
+                hits.append((row, found))
+        if not hits:
+            return
+        texts = self._capture_tokenizer.batch_decode(generated[[row for row, _ in hits]], skip_special_tokens=True)
+        for (_, found), text in zip(hits, texts, strict=True):
+            for i in found:
+                self._captured[i] = text.strip()
+
+    def _take_captured(self) -> dict[int, str] | None:
+        """This evaluation's captured texts, merged across ranks (each saw its shard of the eval set)."""
+        if self._capture_hook is None:
+            return None
+        mine, self._captured = self._captured, {}
+        merged: dict[int, str] = {}
+        for part in all_gather_objects(mine):
+            merged.update(part)
+        return merged
+
+    def generate(
+        self, model: Any, tokenizer: Any, args: Any = None, show_progress: bool = True,
+        known: dict[int, str] | None = None,
+    ) -> list[str | None]:
         """Generate for this rank's shard of the prompts; returns the texts of ALL prompts (gathered),
-        or raises the first error any rank met (on every rank)."""
+        or raises the first error any rank met (on every rank). `known`: texts already generated (the
+        same on every rank), by prompt index; only the others are generated."""
         assert self._prompt_ids is not None
+        known = known or {}
         n, size, me = len(self._prompt_ids), world_size(), rank()
-        mine = list(range(me, n, size))
-        per_rank = math.ceil(n / size)
+        todo = [i for i in range(n) if i not in known]
+        mine = todo[me::size]
+        per_rank = math.ceil(len(todo) / size)
         # Equal call counts on every rank: collective generation (ZeRO-3, FSDP) hangs otherwise.
-        padded = mine + [mine[0] if mine else 0] * (per_rank - len(mine))
+        padded = mine + [mine[0] if mine else (todo[0] if todo else 0)] * (per_rank - len(mine))
         error: str | None = None
         texts: dict[int, str] = {}
         try:
-            texts = self._generate_indices(model, tokenizer, padded, len(mine), args, show_progress)
+            if padded:
+                texts = self._generate_indices(model, tokenizer, padded, len(mine), args, show_progress)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
         gathered = all_gather_objects((texts, error))
@@ -487,6 +694,8 @@ class GenerationScorer(FtCallback, ExportableState):
         if errors:
             raise GenerationFailed(errors[0])
         out: list[str | None] = [None] * n
+        for i, text in known.items():
+            out[int(i)] = text
         for shard, _ in gathered:
             for i, text in shard.items():
                 out[int(i)] = text
@@ -498,6 +707,11 @@ class GenerationScorer(FtCallback, ExportableState):
         gen_model = model.module if hasattr(model, "module") and not hasattr(model, "config") else model
         base = unwrap_model(model)
         config = self._generation_config(base, tokenizer)
+        pad_id = config.pad_token_id  # masked out: any id will do, but one the model knows
+        if pad_id is None:
+            pad_id = getattr(getattr(base, "generation_config", None), "pad_token_id", None)
+        if pad_id is None:
+            pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         device = next(base.parameters()).device
         synced = sharded_engine(base, self._trainer) is not None  # every rank joins each forward
         positions = sorted(range(len(indices)), key=lambda k: len(self._prompt_ids[indices[k]]))
@@ -514,7 +728,7 @@ class GenerationScorer(FtCallback, ExportableState):
             with torch.no_grad(), generation_context(self._trainer):
                 for batch in batches:
                     seqs = [self._prompt_ids[indices[k]] for k in batch]
-                    input_ids, mask = _pad(seqs, config.pad_token_id, left=self.decoder_only)
+                    input_ids, mask = _pad(seqs, pad_id, left=self.decoder_only)
                     output = gen_model.generate(
                         input_ids=input_ids.to(device),
                         attention_mask=mask.to(device),
@@ -535,13 +749,14 @@ class GenerationScorer(FtCallback, ExportableState):
         return results
 
     # -- scoring ---------------------------------------------------------------------------------
-    def score(self, generations: list[str]) -> dict[str, Any]:
-        """Scores of one round (rank 0's work): corpus values, per-sample values, signatures."""
+    def score(self, generations: list[str], stop: threading.Event | None = None) -> dict[str, Any]:
+        """Scores of one round (rank 0's work): corpus values, per-sample values, signatures. `stop`: once
+        set, the text scorer gives up at its next batch (a background round that was dropped)."""
         corpus: dict[str, float] = {}
         per_sample: dict[str, list[float]] = {}
         signatures: dict[str, str] = {}
         if self.scorer is not None:
-            scores = self.scorer.score(generations)
+            scores = self.scorer.score(generations, stop=stop)
             corpus.update({k: float(v) for k, v in scores.corpus.items()})
             per_sample.update({k: [float(x) for x in v] for k, v in scores.per_sample.items()})
             signatures.update(scores.signatures)
@@ -563,17 +778,18 @@ class GenerationScorer(FtCallback, ExportableState):
 
     def _run_round(
         self, args: Any, state: Any, model: Any, tokenizer: Any, ctx: EvaluationContext | None, wait: bool,
-        is_baseline: bool = False,
+        is_baseline: bool = False, known: dict[int, str] | None = None,
     ) -> None:
         step = int(state.global_step)
         prefix = ctx.prefix if ctx is not None else "eval"
         started = time.perf_counter()
         try:
-            generations = self.generate(model, tokenizer, args)
+            generations = self.generate(model, tokenizer, args, known=known)
         except GenerationFailed as exc:  # known on every rank; a broken process group propagates
             self._failed(state, step, "generation", str(exc))
             return
         generated_s = time.perf_counter() - started
+        self.reused_last_round = len(known or {})
         texts = [g or "" for g in generations]
         if not state.is_world_process_zero:
             if wait:  # rank 0 scores and broadcasts; take part so every rank sees the same numbers
@@ -583,23 +799,70 @@ class GenerationScorer(FtCallback, ExportableState):
             try:
                 result = self.score(texts)
                 result["seconds"] = {"generation": generated_s, "scoring": time.perf_counter() - started - generated_s}
+                result["reused"] = self.reused_last_round
             except Exception as exc:
                 result = {"error": f"{type(exc).__name__}: {exc}"}
             result = broadcast_from_main(result)
             self._apply(args, state, step, prefix, result, texts, ctx, is_baseline)
             return
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="ft_callbacks_scoring", initializer=_lower_thread_priority
-            )
-        future = self._executor.submit(self._score_timed, texts, generated_s)
+        if len(self._pending) >= MAX_QUEUED_ROUNDS:
+            self._make_room(args, state)
+        if self._worker is None:
+            self._worker = _ScoringWorker()
+            atexit.register(self._at_exit)  # an interrupted run never reaches on_train_end
+        worker = self._worker
+        future = worker.submit(self._score_timed, texts, generated_s, self.reused_last_round, worker.stop_event)
         self._pending.append((step, prefix, future, texts, is_baseline))
 
-    def _score_timed(self, texts: list[str], generated_s: float) -> dict[str, Any]:
+    def _score_timed(
+        self, texts: list[str], generated_s: float, reused: int, stop: threading.Event | None = None
+    ) -> dict[str, Any]:
         started = time.perf_counter()
-        result = self.score(texts)
+        result = self.score(texts, stop=stop)
         result["seconds"] = {"generation": generated_s, "scoring": time.perf_counter() - started}
+        result["reused"] = reused
         return result
+
+    def _make_room(self, args: Any, state: Any) -> None:
+        """The queue is full (scoring is slower than evaluations come): wait for the oldest round, at most
+        scoring_timeout; a scorer that takes longer is given up, with every round queued behind it."""
+        notice_once(
+            "gen:queue",
+            f"GenerationScorer: scoring is slower than evaluations come; training waits for the oldest round so "
+            f"that at most {MAX_QUEUED_ROUNDS} are queued (fewer evaluations, every_n_evals=, or lighter metrics "
+            "avoid the wait).",
+        )
+        self._drain(args, state, timeout=self.scoring_timeout, keep=MAX_QUEUED_ROUNDS - 1)
+        if len(self._pending) >= MAX_QUEUED_ROUNDS:
+            oldest = self._pending[0][0]
+            self._drop_pending(
+                state, f"the round of step {oldest} did not finish within scoring_timeout={self.scoring_timeout:g}s "
+                "(a new scoring thread takes the next rounds)",
+            )  # fmt: skip
+
+    def _drop_pending(self, state: Any, reason: str, intact: bool = True) -> None:
+        """Give up every queued round, with one line saying so; the worker stops (it is a daemon thread, so a
+        scorer still running cannot keep the process alive)."""
+        dropped = [step for step, *_ in self._pending]
+        for _, _, future, _, _ in self._pending:
+            future.cancel()
+        self._pending = []
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+        if dropped and (state is None or state.is_world_process_zero):
+            _print(
+                f"[ft_callbacks] GenerationScorer: dropped {len(dropped)} scoring round(s) (step(s) "
+                f"{', '.join(map(str, dropped))}): {reason}" + ("; the training result is intact." if intact else ".")
+            )
+
+    def _at_exit(self) -> None:
+        """The interpreter is exiting before on_train_end (Ctrl-C, an exception): say which rounds are lost,
+        and give a scorer that honours its stop event a moment to leave native code before the exit."""
+        worker = self._worker
+        self._drop_pending(None, "the run ended before they were scored (interrupted?)", intact=False)
+        if worker is not None and getattr(self.scorer, "_bert", None) is not None:  # only BERTScore runs native
+            worker.thread.join(timeout=_EXIT_GRACE_S)  # code long enough to matter, and it stops between batches
 
     def _failed(self, state: Any, step: int, stage: str, message: str) -> None:
         if state.is_world_process_zero:
@@ -638,6 +901,8 @@ class GenerationScorer(FtCallback, ExportableState):
         media = self._media(prefix, rows, result["per_sample"])
         seconds = result.get("seconds", {})
         note = f"generated in {seconds.get('generation', 0):.1f}s" if seconds else ""
+        if result.get("reused"):
+            note += f" ({result['reused']} of {len(texts)} texts reused from the Seq2SeqTrainer's predictions)"
         if ctx is not None and ctx.step == step:
             for name, value in values.items():
                 ctx.add(name, value)
@@ -710,38 +975,42 @@ class GenerationScorer(FtCallback, ExportableState):
         shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if not k.endswith("_delta"))
         _print(f"[ft_callbacks] step {step} | {label}: {shown}" + (f" | {note}" if note else ""))
 
-    def _drain(self, args: Any, state: Any, timeout: float | None = 0.0) -> None:
-        """Publish finished background rounds; with a timeout, wait that long for the rest."""
-        if not self._pending:
-            return
-        deadline = None if timeout is None else time.monotonic() + timeout
-        remaining = []
-        for item in self._pending:
-            step, prefix, future, texts, is_baseline = item
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if remaining or (not future.done() and left == 0.0):
-                remaining.append(item)  # keep the order: a round is published only after the earlier ones
-                continue
+    def _drain(self, args: Any, state: Any, timeout: float | None = 0.0, keep: int = 0) -> None:
+        """Publish finished background rounds, in order; with a timeout, wait that long for the rest (or
+        until at most `keep` are left)."""
+        deadline = None if timeout is None or math.isinf(timeout) else time.monotonic() + timeout
+        while self._pending:
+            step, prefix, future, texts, is_baseline = self._pending[0]
+            if not future.done():
+                left = None if deadline is None else deadline - time.monotonic()
+                if len(self._pending) <= keep or (left is not None and left <= 0):
+                    break
+                try:  # Ctrl-C while waiting raises here: the run ends, and _at_exit says what was lost
+                    future.result(timeout=left)
+                except FutureTimeout:
+                    break
+                except Exception:
+                    pass  # the round's error is published below
+            self._pending.pop(0)  # a round is published only after the earlier ones
             try:
-                result = future.result(timeout=left)
-            except FutureTimeout:
-                remaining.append(item)
-                continue
+                result = future.result(timeout=0)
             except Exception as exc:
                 result = {"error": f"{type(exc).__name__}: {exc}"}
             self._apply(args, state, step, prefix, result, texts, None, is_baseline)
-        self._pending = remaining
 
     # -- events ----------------------------------------------------------------------------------
     def compute(self, ctx: EvaluationContext) -> None:
         # A synchronous round computes its deltas against the baseline: publish everything before it.
-        self._drain(ctx.args, ctx.state, timeout=None if self._sync else 0.0)
+        self._drain(ctx.args, ctx.state, timeout=self.scoring_timeout if self._sync else 0.0)
+        if self._sync and self._pending:
+            self._drop_pending(ctx.state, f"they did not finish within scoring_timeout={self.scoring_timeout:g}s")
+        known = self._take_captured()  # this evaluation's texts from the Trainer itself (every rank calls it)
         self._evals_seen += 1
         if self.every_n_steps is not None or (self._evals_seen - 1) % self.every_n_evals:
             return
         if self._prompt_ids is None:
             self._prepare(ctx.model, ctx.processing_class)
-        self._run_round(ctx.args, ctx.state, ctx.model, ctx.processing_class, ctx, wait=self._sync)
+        self._run_round(ctx.args, ctx.state, ctx.model, ctx.processing_class, ctx, wait=self._sync, known=known)
 
     def on_step_end(self, args, state, control, **kwargs):
         self._drain(args, state)
@@ -751,19 +1020,288 @@ class GenerationScorer(FtCallback, ExportableState):
     def on_train_end(self, args, state, control, **kwargs):
         if self._pending:
             self._drain(args, state, timeout=self.scoring_timeout)
-            if self._pending and state.is_world_process_zero:
-                _print(
-                    f"[ft_callbacks] GenerationScorer: {len(self._pending)} scoring round(s) did not finish within "
-                    f"scoring_timeout={self.scoring_timeout:g}s and are dropped; the training result is intact."
-                )
-            self._pending = []
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+            self._drop_pending(state, f"they did not finish within scoring_timeout={self.scoring_timeout:g}s")
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+        atexit.unregister(self._at_exit)
+        self._remove_capture()
         self._trainer = None
         if state.is_world_process_zero and (self.history or self.baseline_scores):
             self._write_record(args)
         super().on_train_end(args, state, control, **kwargs)
+
+
+# -- the Trainer's generation settings --------------------------------------------------------------
+def _is_seq2seq_args(args: Any) -> bool:
+    """Seq2SeqTrainingArguments (or alike): the Trainer has generation settings of its own."""
+    return args is not None and hasattr(args, "predict_with_generate") and hasattr(args, "generation_max_length")
+
+
+def _args_generation_config(args: Any, trainer: Any) -> GenerationConfig | None:
+    """Seq2SeqTrainingArguments.generation_config, loaded as Seq2SeqTrainer loads it. A Seq2SeqTrainer has
+    already made it the model's generation_config (which generate() reads): then nothing is needed here."""
+    value = getattr(args, "generation_config", None)
+    if value is None or not _is_seq2seq_args(args):
+        return None
+    from transformers import Seq2SeqTrainer
+
+    if isinstance(trainer, Seq2SeqTrainer):
+        return None
+    try:
+        return Seq2SeqTrainer.load_generation_config(value)
+    except Exception as exc:
+        raise ConfigurationError(
+            f"TrainingArguments.generation_config={value!r} could not be loaded ({exc}); pass a GenerationConfig or "
+            "a local directory holding generation_config.json."
+        ) from exc
+
+
+# -- checks of what users pass ---------------------------------------------------------------------
+def _metric_list(metrics: Any) -> list[Any]:
+    """One metric name or callable, or a list of them (a bare string is one name, not its letters)."""
+    if isinstance(metrics, str) or callable(metrics):
+        return [metrics]
+    if metrics is None or isinstance(metrics, (bytes, Mapping)) or not isinstance(metrics, (list, tuple, Sequence)):
+        raise ConfigurationError(
+            f"metrics={metrics!r} is not valid: pass a list of metric names or callables, e.g. ('rouge', 'bleu')."
+        )
+    return list(metrics)
+
+
+def _list_of(name: str, value: Any, example: str) -> list[Any]:
+    """A list from a list-like argument; a string or a dict is refused (list('abc') is three one-letter items)."""
+    if isinstance(value, (str, bytes)):
+        raise ConfigurationError(
+            f"{name}= is a single string ({value[:40]!r}); pass a list, one item per sample: {example}."
+        )
+    if isinstance(value, Mapping):
+        raise ConfigurationError(f"{name}= is a dict; pass a list, one item per sample: {example}.")
+    try:
+        return list(value)
+    except TypeError:
+        raise ConfigurationError(
+            f"{name}= is {type(value).__name__}, not a list; pass a list, one item per sample: {example}."
+        ) from None
+
+
+def _check_options(**options: Any) -> None:
+    """Flags and settings whose wrong type would be silently misread (background='no' is truthy)."""
+    background = options["background"]
+    if not (isinstance(background, bool) or (isinstance(background, str) and background == "auto")):
+        raise ConfigurationError(
+            f"background={background!r} is not valid: use True (score in a thread), False (score at the "
+            "evaluation) or 'auto'."
+        )
+    for name in ("baseline", "chat_template"):
+        if not isinstance(options[name], bool):
+            raise ConfigurationError(f"{name}={options[name]!r} is not valid: use True or False.")
+    seed = options["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigurationError(f"seed={seed!r} is not valid: use an integer.")
+    timeout = options["scoring_timeout"]
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or math.isnan(timeout) or timeout < 0:
+        raise ConfigurationError(
+            f"scoring_timeout={timeout!r} is not valid: use a number of seconds >= 0 (math.inf waits without limit)."
+        )
+    config = options["generation_config"]
+    if config is not None and not isinstance(config, GenerationConfig):
+        hint = " (GenerationConfig(**your_dict))" if isinstance(config, Mapping) else ""
+        raise ConfigurationError(
+            f"generation_config is {type(config).__name__}: pass a transformers.GenerationConfig{hint}."
+        )
+    scorer_options = options["scorer_options"]
+    if scorer_options is not None and not isinstance(scorer_options, Mapping):
+        raise ConfigurationError(
+            f"scorer_options is {type(scorer_options).__name__}: pass a dict of TextScorer options, "
+            "e.g. {'use_stemmer': False}."
+        )
+    label_names = options["label_names"]
+    if label_names is not None:
+        names = _list_of("label_names", label_names, "label_names=['positive', 'negative']")
+        if not names:
+            raise ConfigurationError("label_names is empty: give the label names the model should answer with.")
+    for name in ("prompt_column", "reference_column"):
+        if not isinstance(options[name], str) or not options[name]:
+            raise ConfigurationError(f"{name}={options[name]!r} is not valid: give a column name.")
+
+
+def _check_text(text: str, where: str) -> None:
+    """A lone surrogate (text decoded badly upstream) cannot be encoded: tokenizers fail with a TypeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigurationError(
+            f"{where} holds a lone surrogate ({text[exc.start]!r} at position {exc.start}), which no tokenizer "
+            "can encode: the text was decoded wrongly upstream. Fix it at the source, or replace it with "
+            "text.encode('utf-8', 'replace').decode('utf-8')."
+        ) from None
+
+
+def _check_prompt(prompt: Any, where: str) -> None:
+    """A prompt is a non-empty string, a non-empty list of token ids, or a list of chat messages."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ConfigurationError(
+                f"{where} is {'empty' if not prompt else 'only whitespace'}: the model continues each prompt, so "
+                "each needs some text. Remove it, or give it text."
+            )
+        _check_text(prompt, where)
+        return
+    if isinstance(prompt, (list, tuple)) and prompt:
+        if all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in prompt):
+            return  # token ids
+        if all(isinstance(m, Mapping) for m in prompt):
+            for j, message in enumerate(prompt):
+                content = message.get("content")
+                if isinstance(content, str):
+                    _check_text(content, f"{where}[{j}]['content']")
+            return
+    if isinstance(prompt, (list, tuple)) and not prompt:
+        raise ConfigurationError(f"{where} is an empty list: give the prompt's token ids or chat messages.")
+    raise ConfigurationError(
+        f"{where} is {type(prompt).__name__} ({str(prompt)[:40]!r}): a prompt is a string, a list of token ids, "
+        "or a list of chat messages ({'role': 'user', 'content': ...})."
+    )
+
+
+def _check_reference(reference: Any, where: str) -> None:
+    if isinstance(reference, str):
+        _check_text(reference, where)
+    elif isinstance(reference, (list, tuple)):
+        for j, text in enumerate(reference):
+            if isinstance(text, str):
+                _check_text(text, f"{where}[{j}]")
+
+
+def _as_dataset(data: Any) -> Any:
+    """dataset= as a `datasets.Dataset`: a list of dicts, a dict of lists and a pandas DataFrame are
+    converted; a DatasetDict, a streaming dataset or a plain list of texts is refused naming the fix."""
+    import datasets
+
+    if isinstance(data, datasets.Dataset):
+        return data
+    if isinstance(data, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        split = next(iter(data), "validation")
+        raise ConfigurationError(
+            f"dataset= is a {type(data).__name__} with splits {list(data)}: pass one split, e.g. dataset=ds[{split!r}]."
+        )
+    if isinstance(data, datasets.IterableDataset):
+        raise ConfigurationError(
+            "dataset= is a streaming IterableDataset: GenerationScorer needs fixed rows to sample from. Take some: "
+            "datasets.Dataset.from_list(list(ds.take(200)))."
+        )
+    if isinstance(data, (str, bytes, os.PathLike)):
+        raise ConfigurationError(
+            f"dataset={data!r} is a name or path: load it first (datasets.load_dataset(...)['validation'] or "
+            "Dataset.from_json(path)) and pass the Dataset."
+        )
+    try:
+        if type(data).__module__.split(".")[0] == "pandas" and hasattr(data, "columns"):
+            return datasets.Dataset.from_pandas(data, preserve_index=False)
+        if isinstance(data, Mapping):
+            return datasets.Dataset.from_dict(dict(data))
+        if isinstance(data, (list, tuple)):
+            if not data:
+                raise ConfigurationError("dataset= is empty: give at least one example.")
+            if all(isinstance(row, Mapping) for row in data):
+                return datasets.Dataset.from_list([dict(row) for row in data])
+            raise ConfigurationError(
+                f"dataset= is a list of {type(data[0]).__name__}: pass a list of dicts (one per example, with "
+                "prompt/reference keys), or prompts=[...] and references=[...]."
+            )
+    except ConfigurationError:
+        raise
+    except Exception as exc:
+        raise ConfigurationError(f"dataset= could not be turned into a datasets.Dataset: {exc}") from exc
+    if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
+        raise ConfigurationError(
+            f"dataset= is {type(data).__name__}: pass a datasets.Dataset, a list of dicts, a dict of lists or a "
+            "pandas DataFrame."
+        )
+    return data  # a map-style dataset of dicts (e.g. a torch Dataset), read row by row
+
+
+def _columns(data: Any, *names: str) -> list[list[Any]]:
+    """Whole columns of a datasets.Dataset, or of a map-style dataset of dicts read row by row."""
+    if hasattr(data, "column_names"):
+        return [list(data[name]) for name in names]
+    rows = [data[i] for i in range(len(data))]
+    return [[row[name] for row in rows] for name in names]
+
+
+def _check_dataset(data: Any, prompt_column: str, reference_column: str) -> None:
+    """The columns GenerationScorer reads must exist; text prompts are checked like prompts=."""
+    if not len(data):
+        raise ConfigurationError("dataset= is empty: give at least one example.")
+    columns = list(getattr(data, "column_names", None) or data[0].keys())
+    if prompt_column in columns and reference_column in columns:
+        for i, (prompt, reference) in enumerate(zip(*_columns(data, prompt_column, reference_column), strict=True)):
+            _check_prompt(prompt, f"dataset row {i}, column {prompt_column!r},")
+            _check_reference(reference, f"dataset row {i}, column {reference_column!r},")
+        return
+    if "input_ids" in columns and "labels" in columns:
+        return
+    if "input_ids" in columns:
+        raise ConfigurationError(
+            f"dataset has input_ids but no labels (columns {columns}): GenerationScorer scores generations "
+            "against references, so each example needs one: a 'labels' column with the reference's token ids "
+            "(for a causal LM, input_ids = prompt + reference with labels -100 on the prompt tokens), or text "
+            f"columns {prompt_column!r}/{reference_column!r}."
+        )
+    if prompt_column in columns:
+        raise ConfigurationError(
+            f"dataset has the prompt column {prompt_column!r} but no {reference_column!r} column (columns "
+            f"{columns}): name the reference column with reference_column=."
+        )
+    raise ConfigurationError(
+        f"dataset has columns {columns}: GenerationScorer needs {prompt_column!r} and {reference_column!r} (set "
+        "prompt_column=/reference_column=), or input_ids and labels."
+    )
+
+
+# -- background scoring ------------------------------------------------------------------------------
+class _ScoringWorker:
+    """One daemon thread that scores rounds in order.
+
+    A daemon, so neither an interrupted run (Ctrl-C) nor a round given up after `scoring_timeout`
+    keeps the process alive: the interpreter exits without waiting for it (a ThreadPoolExecutor's
+    threads are joined at exit, queue and all). `stop()` makes it skip every round it has not
+    started and asks a running TextScorer to give up at its next batch."""
+
+    def __init__(self) -> None:
+        self.stop_event = threading.Event()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="ft_callbacks_scoring", daemon=True)
+        self.thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        self._queue.put((future, fn, args))
+        return future
+
+    def _run(self) -> None:
+        _lower_thread_priority()
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            future, fn, args = item
+            if self.stop_event.is_set():
+                future.cancel()
+                continue
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # handed to the caller through the future
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self._queue.put(None)
 
 
 def _lower_thread_priority() -> None:
