@@ -431,3 +431,27 @@ def test_seq2seq_user_settings_override_the_trainers(tokenizer, corpus, tmp_path
     settings = scorer._settings(None)
     assert (settings.max_new_tokens, settings.num_beams, settings.max_length) == (3, 1, 12)
     assert scorer.reused_last_round == 0 and ("_generate_indices" in {c for s, c in calls.calls if s == 10})
+
+
+def test_a_dropped_round_stops_its_text_scorer_at_the_next_metric():
+    """A background round that is given up (Ctrl-C, scoring_timeout) sets its stop event; the TextScorer
+    then stops before the next metric (and between BERTScore batches) instead of running to the end."""
+    from ft_callbacks.core.text_scores import ScoringCancelled, TextScorer
+
+    stop = threading.Event()
+    ran: list[str] = []
+
+    def first(predictions, references):
+        ran.append("first")
+        stop.set()  # the round is dropped while this metric runs
+        return {"first": 1.0}
+
+    def second(predictions, references):
+        ran.append("second")
+        return {"second": 1.0}
+
+    scorer = TextScorer([first, second, "bertscore"], ["a reference"], bertscore_batch_size=1)
+    with pytest.raises(ScoringCancelled):
+        scorer.score(["a prediction"], stop=stop)
+    assert ran == ["first"]
+    assert scorer.score(["a prediction"]).corpus["second"] == 1.0  # without a stop event it runs through
