@@ -11,7 +11,7 @@ import torch
 from transformers.trainer_callback import ExportableState
 
 from ._compat import processing_class
-from .base import ConfigurationError, FtCallback, _Hub, monitor_skipped, require_evaluations
+from .base import ConfigurationError, FtCallback, _Hub, check_monitor_source, monitor_skipped, require_evaluations
 from .core.modes import check_mode, is_improvement, normalize_metric_name
 from .core.perplexity import TokenLossTotals, safe_exp
 from .core.stopping import OverfitPolicy, StopDecision, format_number
@@ -124,6 +124,19 @@ class BestWeights:
                 live[name].copy_(held)
 
 
+def _perplexity_note(perplexity: float, eval_loss: float) -> str:
+    """Why eval_perplexity differs from the exp(eval_loss) a script prints (once, in the first block)."""
+    naive = safe_exp(eval_loss)
+    if not (math.isfinite(naive) and math.isfinite(perplexity)) or perplexity <= 0:
+        return ""
+    diff = (naive - perplexity) / perplexity * 100
+    return (
+        f"    note: eval_perplexity {perplexity:.4g} is exp of the mean NLL per target token over the whole eval set; "
+        f"exp(eval_loss) = {naive:.4g} ({diff:+.1f}%) is what scripts print, from the Trainer's batch-weighted "
+        "eval_loss (and for some models a loss divided by too many tokens)."
+    )
+
+
 class OverfitGuard(FtCallback, ExportableState):
     """Watch validation loss and stop training when the model starts to memorise.
 
@@ -190,6 +203,7 @@ class OverfitGuard(FtCallback, ExportableState):
         resume_after_stop: Literal["error", "continue"] = "error",
         restore_best_weights: bool | Literal["auto"] = "auto",
         restore_best_weights_max_bytes: int | None = None,
+        eval_dataset_name: str | None = None,
     ) -> None:
         """Set the rules; see the class docstring for each.
 
@@ -200,6 +214,9 @@ class OverfitGuard(FtCallback, ExportableState):
                 model keeps its last weights.
             restore_best_weights_max_bytes: the most host memory, in bytes per process, the copy may take;
                 None: half the memory available when training starts, shared by the processes on the machine.
+            eval_dataset_name: with a dict `eval_dataset` (`{"a": ..., "b": ...}`), the dataset whose
+                evaluation the rules decide on (`monitor="eval_loss"` then reads `eval_a_loss`); default the
+                first, said once. A monitor that names a dataset (`eval_b_loss`) decides on that one.
 
         Raises:
             ConfigurationError: a setting that cannot work, with the fix in the message.
@@ -224,10 +241,19 @@ class OverfitGuard(FtCallback, ExportableState):
             "resume_after_stop": resume_after_stop,
             "restore_best_weights": restore_best_weights,
             "restore_best_weights_max_bytes": restore_best_weights_max_bytes,
+            "eval_dataset_name": eval_dataset_name,
         }
         if not isinstance(monitor, str):
             raise ConfigurationError(f"monitor={monitor!r} is not valid: name an eval metric such as 'eval_loss'.")
+        if eval_dataset_name is not None and not isinstance(eval_dataset_name, str):
+            raise ConfigurationError(
+                f"eval_dataset_name={eval_dataset_name!r} is not valid: name a key of the dict eval_dataset."
+            )
+        self.eval_dataset_name = eval_dataset_name
         self.monitor = normalize_metric_name(monitor)
+        self._monitor_setting = self.monitor  # as given; `monitor` is resolved against the eval datasets
+        self._decision_prefix = "eval"
+        self._perplexity_explained = False
         try:
             self.mode = check_mode(mode, self.monitor)
         except ValueError as exc:
@@ -333,10 +359,6 @@ class OverfitGuard(FtCallback, ExportableState):
         self._window_nll, self._window_tokens, self._logged_loss_sum, self._logged_loss_steps = window
         self._sample_indices = state.get("sample_indices")
 
-    def state(self) -> dict[str, Any]:
-        """ExportableState: written into every checkpoint's trainer_state.json by the Trainer."""
-        return {"args": dict(self._init_args), "attributes": {"_restored_state": self.state_dict()}}
-
     @property
     def stopped(self) -> bool:
         return self.policy.stopped
@@ -351,6 +373,8 @@ class OverfitGuard(FtCallback, ExportableState):
         return self.policy.stop_rule
 
     # -- events --------------------------------------------------------------------------------
+    console_label = "loss"
+
     def produces(self) -> set[str]:
         return set(METRICS)
 
@@ -361,6 +385,10 @@ class OverfitGuard(FtCallback, ExportableState):
     def on_train_begin(self, args, state, control, **kwargs):
         super().on_train_begin(args, state, control, **kwargs)
         require_evaluations(args, "OverfitGuard", "needs evaluations during training")
+        hub = self._hub(state)
+        main = state.is_world_process_zero
+        self.monitor = hub.resolve_monitor("OverfitGuard", self._monitor_setting, self.eval_dataset_name, main)
+        self._decision_prefix = hub.prefix_of(self.monitor)
         self.probe.attach(kwargs.get("model"), processing_class(kwargs))
         self.probe.reset_eval()
         self._training = True
@@ -374,13 +402,8 @@ class OverfitGuard(FtCallback, ExportableState):
         self._plan_best_weights(args, state, kwargs.get("model"))
 
     def _restore(self, args: Any, state: Any) -> None:
-        saved = self._restored_state
-        if saved is None:
-            entry = (state.stateful_callbacks or {}).get(type(self).__name__)
-            if isinstance(entry, list):  # several OverfitGuards: the first with our settings
-                entry = next((e for e in entry if e.get("args") == self._init_args), entry[0] if entry else None)
-            if isinstance(entry, dict):
-                saved = entry.get("attributes", {}).get("_restored_state")
+        # `_restored_state`: set by a Trainer that rebuilt us from a checkpoint of an earlier version.
+        saved = self._restored_state or self.saved_state(state)
         self._restored_state = None
         if saved:
             self.load_state_dict(saved)
@@ -416,14 +439,8 @@ class OverfitGuard(FtCallback, ExportableState):
             self.policy.gap.best_eval_loss = best
 
     def validate(self, args: Any, state: Any, hub: _Hub) -> None:
-        known = {"eval_loss"} | hub.produced_metrics("eval")
-        if self.policy.plateau is not None and self.monitor not in known and state.is_world_process_zero:
-            # Could come from the user's compute_metrics, which only an evaluation reveals.
-            notice_once(
-                f"monitor:{self.monitor}",
-                f"OverfitGuard monitors {self.monitor!r}, which none of the ft_callbacks callbacks produce; "
-                "it must come from compute_metrics. It is checked at the first evaluation.",
-            )
+        if self.policy.plateau is not None:
+            check_monitor_source("OverfitGuard", self.monitor, hub, state.is_world_process_zero)
 
     def on_step_end(self, args, state, control, **kwargs):
         self._steps_in_window += 1
@@ -471,6 +488,11 @@ class OverfitGuard(FtCallback, ExportableState):
             token_loss = totals.mean_nll
             ctx.add("token_loss", token_loss)
             ctx.add("perplexity", totals.perplexity)
+            if eval_loss is not None and not self._perplexity_explained and ctx.is_main:
+                self._perplexity_explained = True
+                note = _perplexity_note(totals.perplexity, float(eval_loss))
+                if note:
+                    ctx.blocks.append(note)
             ctx.add("bits_per_token", totals.bits_per_token)
             ctx.add("bits_per_byte", totals.bits_per_byte)
         elif eval_loss is not None:
@@ -504,6 +526,8 @@ class OverfitGuard(FtCallback, ExportableState):
         if token_loss is not None and compare is not None and math.isfinite(compare):
             ctx.add("loss_gap", token_loss - compare)
             ctx.add("loss_ratio", token_loss / compare if compare else math.inf)
+        if ctx.prefix != self._decision_prefix:
+            return  # one of several eval datasets: the training window belongs to the one the rules decide on
         self._trained_since_eval = self._steps_in_window > 0
         self._steps_in_window = 0
         self._reset_window()
@@ -567,7 +591,7 @@ class OverfitGuard(FtCallback, ExportableState):
         return mean_or_nan(float(stacked[:, 0].sum()), float(stacked[:, 1].sum()))
 
     def decide(self, ctx: EvaluationContext) -> None:
-        if not self._training or not self.monitor.startswith(f"{ctx.prefix}_"):
+        if not self._training or ctx.prefix != self._decision_prefix:
             return
         monitored = ctx.metrics.get(self.monitor)
         if self.policy.plateau is not None and monitored is None and not self._monitor_checked:
