@@ -33,7 +33,7 @@ import torch
 from transformers import GenerationConfig
 from transformers.trainer_callback import ExportableState
 
-from ._compat import processing_class, rewrite_logs, unwrap_model
+from ._compat import processing_class, unwrap_model
 from .base import ConfigurationError, FtCallback, _Hub, require_evaluations
 from .core.label_metrics import compute_label_metrics, match_label_texts
 from .core.modes import normalize_metric_name
@@ -41,7 +41,7 @@ from .core.text_scores import KNOWN_METRICS, TextScorer
 from .distributed import all_gather_objects, broadcast_from_main, is_distributed, rank, world_size
 from .engines import find_trainer, generation_context, sharded_engine
 from .records import read_json, write_record
-from .reporting import SINK, EvaluationContext, _print, _run_name, notice_once, summary_key
+from .reporting import EvaluationContext, _print, notice_once, publish
 
 STATE_DIR = "ft_callbacks"
 
@@ -281,6 +281,8 @@ class GenerationScorer(FtCallback, ExportableState):
         except TypeError as exc:
             raise ConfigurationError(f"scorer_options={self.scorer_options!r} is not valid: {exc}") from None
 
+    console_label = "generation"
+
     def produces(self) -> set[str]:
         names: set[str] = set()
         for metric in self.metrics:
@@ -290,15 +292,11 @@ class GenerationScorer(FtCallback, ExportableState):
             names.update(LABEL_KEYS)
         return names | {f"{n}_delta" for n in names}
 
-    # -- state ---------------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        """ExportableState: saved in every checkpoint, restored on resume by us (see on_train_begin)."""
-        return {"args": dict(self._init_args), "attributes": {"_restored": self._state_dict()}}
-
-    def _state_dict(self) -> dict[str, Any]:
+    # -- state (kept in the Trainer's checkpoints by the base, restored in place on resume) ---------
+    def state_dict(self) -> dict[str, Any]:
         return {"baseline": self.baseline_scores, "history": self.history, "evals_seen": self._evals_seen}
 
-    def _load_state_dict(self, saved: dict[str, Any]) -> None:
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
         self.baseline_scores = saved.get("baseline")
         self.history = list(saved.get("history") or [])
         self._evals_seen = int(saved.get("evals_seen") or 0)
@@ -309,7 +307,7 @@ class GenerationScorer(FtCallback, ExportableState):
     def _write_record(self, args: Any) -> None:
         path = self._record_path(args)
         try:
-            write_record(path, {**self._state_dict(), "samples": self.table_rows[-self.max_table_rows :]})
+            write_record(path, {**self.state_dict(), "samples": self.table_rows[-self.max_table_rows :]})
         except OSError as exc:
             notice_once("gen:record", f"could not write {path} ({exc}); training continues.")
 
@@ -334,18 +332,13 @@ class GenerationScorer(FtCallback, ExportableState):
         self._announce_generation(args, state)
         self._sync = not self._background_pays(model)
         if state.global_step > 0:
-            saved = self._restored
-            if saved is None:
-                entry = (state.stateful_callbacks or {}).get(type(self).__name__)
-                if isinstance(entry, list):
-                    entry = entry[0] if entry else None
-                if isinstance(entry, dict):
-                    saved = entry.get("attributes", {}).get("_restored")
+            # `_restored`: set by a Trainer that rebuilt us from a checkpoint of an earlier version.
+            saved = self._restored or self.saved_state(state)
             record = self._read_record(args) or {}
             if saved is None:
                 saved = record
             if saved:
-                self._load_state_dict(saved)
+                self.load_state_dict(saved)
             # A checkpoint saved while a round was still being scored in the background lacks that
             # round; the record (written after every round) has it, and may be ahead of the checkpoint.
             step = state.global_step
@@ -944,36 +937,18 @@ class GenerationScorer(FtCallback, ExportableState):
         self, args: Any, state: Any, step: int, prefix: str, values: dict[str, float], summary: dict[str, Any],
         media: dict[str, Callable], is_baseline: bool, note: str,
     ) -> None:
-        """Results that arrive outside their evaluation (baseline, background scoring, step rounds):
-        into that step's log_history entry, and to wandb at that step."""
-        entry = {f"{prefix}_{k}": v for k, v in values.items()}
-        entry.update({summary_key(k): v for k, v in summary.items()})
+        """Results that arrive outside their evaluation (baseline, background scoring, step rounds): into
+        that step's log_history entry (a new one in step order if none), and to the trackers at that step."""
         target = next(
             (e for e in reversed(state.log_history) if e.get("step") == step and f"{prefix}_runtime" in e), None
         )
-        if target is not None:
-            target.update(entry)
-        else:  # in step order, also when a background round lands after later entries
-            history = state.log_history
-            at = next((i for i, e in enumerate(history) if e.get("step", 0) > step), len(history))
-            epoch = (state.epoch or 0.0) * step / state.global_step if state.global_step else 0.0
-            history.insert(at, {**entry, "epoch": epoch, "step": step})
-        if not state.is_world_process_zero:
-            return
-        data = rewrite_logs({f"{prefix}_{k}": v for k, v in values.items()})
-        wandb = SINK._wandb() if media else None
-        if wandb is not None:
-            for name, build in media.items():
-                try:
-                    data[name] = build(wandb)
-                except Exception as exc:
-                    notice_once(f"media:{name}", f"could not build wandb object {name!r}: {exc}")
-        run_name = _run_name(args)
-        SINK.log(data, step, run_name)
-        SINK.summarize({summary_key(k): v for k, v in summary.items()}, run_name)
         label = "baseline (before training)" if is_baseline else "generation scores"
         shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if not k.endswith("_delta"))
-        _print(f"[ft_callbacks] step {step} | {label}: {shown}" + (f" | {note}" if note else ""))
+        line = f"[ft_callbacks] step {step} | {label}: {shown}" + (f" | {note}" if note else "")
+        publish(
+            args, state, step, scalars={f"{prefix}_{k}": v for k, v in values.items()}, facts=summary, media=media,
+            lines=[line], entry=target, late=target is not None,
+        )  # fmt: skip
 
     def _drain(self, args: Any, state: Any, timeout: float | None = 0.0, keep: int = 0) -> None:
         """Publish finished background rounds, in order; with a timeout, wait that long for the rest (or
@@ -1010,7 +985,9 @@ class GenerationScorer(FtCallback, ExportableState):
             return
         if self._prompt_ids is None:
             self._prepare(ctx.model, ctx.processing_class)
-        self._run_round(ctx.args, ctx.state, ctx.model, ctx.processing_class, ctx, wait=self._sync, known=known)
+        # A standalone evaluate() has no training to overlap with, and nothing would publish a late round.
+        wait = self._sync or not ctx.training
+        self._run_round(ctx.args, ctx.state, ctx.model, ctx.processing_class, ctx, wait=wait, known=known)
 
     def on_step_end(self, args, state, control, **kwargs):
         self._drain(args, state)

@@ -365,9 +365,13 @@ def _align_evaluation_keys(history: list[dict[str, Any]], entry: dict[str, Any],
     """Give every evaluation entry of this training run the same keys of ours (None where a value was
     not measured), as the model card's table needs: its columns come from the first entry."""
     runtime = f"{prefix}_runtime"
-    start = next((i + 1 for i in range(len(history) - 1, -1, -1) if "train_runtime" in history[i]), 0)
-    entries = [e for e in history[start:] if runtime in e]
-    if entry not in entries:
+    # The training run the entry belongs to: between the `train_runtime` entries the Trainer logs at the
+    # end of each train() (a round published at train end comes after its run's train_runtime entry).
+    at = next((i for i, e in enumerate(history) if e is entry), len(history))
+    start = next((i + 1 for i in range(at - 1, -1, -1) if "train_runtime" in history[i]), 0)
+    end = next((i for i in range(at, len(history)) if "train_runtime" in history[i]), len(history))
+    entries = [e for e in history[start:end] if runtime in e]
+    if not any(e is entry for e in entries):
         entries.append(entry)
     keys = list(dict.fromkeys(k for e in entries for k in e if k in ours))
     mine = set(keys)
@@ -389,16 +393,21 @@ def publish(
     media: dict[str, Callable[[Any], Any]] | None = None,
     lines: list[str] | None = None,
     entry: dict[str, Any] | None = None,
+    late: bool = False,
 ) -> None:
     """The one way out: `scalars` (full keys, e.g. `eval_perplexity`) into `entry` (an existing
     log_history entry; else a new one at `step`), to every tracker and to wandb at `step`; run-level
     `facts` (wandb summary; a log_history entry of their own when they changed); wandb `media`; console
-    `lines`. log_history is written on every rank (it is every rank's trainer_state.json); the rest on
-    rank 0 only."""
+    `lines`. `late`: results of an evaluation that was already flushed (a background round), merged into
+    its `entry` with the keys of the run's evaluations kept aligned. log_history is written on every rank
+    (it is every rank's trainer_state.json); the rest on rank 0 only."""
     scalars = scalars or {}
     if scalars:
         if entry is not None:
             entry.update(scalars)
+            if late:
+                prefix = next((k[: -len("_runtime")] for k in entry if k.endswith("_runtime")), "eval")
+                _align_evaluation_keys(state.log_history, entry, prefix, set(scalars))
         else:
             history = state.log_history
             # In step order, also when a background round lands after later entries.
