@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 from transformers.trainer_callback import ExportableState
 
-from .base import ConfigurationError, FtCallback, _Hub, monitor_skipped, require_evaluations
+from .base import ConfigurationError, FtCallback, _Hub, check_monitor_source, monitor_skipped, require_evaluations
 from .core.modes import Mode, check_mode, is_finite, is_improvement, normalize_metric_name
 from .distributed import all_gather_objects, broadcast_from_main, is_distributed
 from .engines import Engine, find_trainer, full_state_dict, load_full_state_dict, sharded_engine, zero3_config_error
@@ -399,6 +399,7 @@ class BestCheckpointSaver(FtCallback, ExportableState):
         artifact_name: str | None = None,
         output_dir: str | None = None,
         on_save_error: Literal["continue", "stop"] = "continue",
+        eval_dataset_name: str | None = None,
     ) -> None:
         self._init_args = {
             "monitor": monitor,
@@ -411,12 +412,20 @@ class BestCheckpointSaver(FtCallback, ExportableState):
             "artifact_name": artifact_name,
             "output_dir": output_dir,
             "on_save_error": on_save_error,
+            "eval_dataset_name": eval_dataset_name,
         }
         if not isinstance(monitor, str) or not monitor:
             raise ConfigurationError(f"monitor={monitor!r} is not valid: name an eval metric such as 'eval_loss'.")
         if on_save_error not in ("continue", "stop"):
             raise ConfigurationError(f"on_save_error={on_save_error!r} is not valid: use 'continue' or 'stop'.")
+        if eval_dataset_name is not None and not isinstance(eval_dataset_name, str):
+            raise ConfigurationError(
+                f"eval_dataset_name={eval_dataset_name!r} is not valid: name a key of the dict eval_dataset."
+            )
+        self.eval_dataset_name = eval_dataset_name
         self.monitor = normalize_metric_name(monitor)
+        self._monitor_setting = self.monitor  # as given; `monitor` is resolved against the eval datasets
+        self._decision_prefix = "eval"
         try:
             self.mode: Mode = check_mode(mode, self.monitor)
             self.ranking = CheckpointRanking(self.mode, keep, min_delta)
@@ -452,9 +461,9 @@ class BestCheckpointSaver(FtCallback, ExportableState):
         self._lock: RunLock | None = None  # rank 0, while training
 
     # -- state ---------------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        """ExportableState: written into every Trainer checkpoint's trainer_state.json."""
-        return {"args": dict(self._init_args), "attributes": {"_restored_state": self.ranking.state_dict()}}
+    def state_dict(self) -> dict[str, Any]:
+        """The ranking (kept in the Trainer's checkpoints by the base; the manifest has the same)."""
+        return self.ranking.state_dict()
 
     @property
     def best_value(self) -> float | None:
@@ -480,6 +489,10 @@ class BestCheckpointSaver(FtCallback, ExportableState):
     def on_train_begin(self, args, state, control, **kwargs):
         super().on_train_begin(args, state, control, **kwargs)
         require_evaluations(args, "BestCheckpointSaver", "saves after evaluations")
+        hub = self._hub(state)
+        main = state.is_world_process_zero
+        self.monitor = hub.resolve_monitor("BestCheckpointSaver", self._monitor_setting, self.eval_dataset_name, main)
+        self._decision_prefix = hub.prefix_of(self.monitor)
         self._check_engine(kwargs.get("model"))
         if self.save_optimizer and getattr(args, "deepspeed", None):
             raise ConfigurationError(
@@ -508,11 +521,7 @@ class BestCheckpointSaver(FtCallback, ExportableState):
         if state.global_step > 0:
             manifest = read_manifest(out)
             if manifest is None and saved is None:
-                entry = (state.stateful_callbacks or {}).get(type(self).__name__)
-                if isinstance(entry, list):
-                    entry = next((e for e in entry if e.get("args") == self._init_args), entry[0] if entry else None)
-                if isinstance(entry, dict):
-                    saved = entry.get("attributes", {}).get("_restored_state")
+                saved = self.saved_state(state)
             if manifest is not None:
                 saved = self._state_from_manifest(manifest)
             self.ranking = CheckpointRanking(self.mode, self.keep, self.min_delta)
@@ -777,17 +786,10 @@ class BestCheckpointSaver(FtCallback, ExportableState):
         self._capture(kwargs)
 
     def validate(self, args: Any, state: Any, hub: _Hub) -> None:
-        known = {"eval_loss"} | hub.produced_metrics("eval")
-        if self.monitor not in known and state.is_world_process_zero:
-            notice_once(
-                f"best_monitor:{self.monitor}",
-                f"BestCheckpointSaver monitors {self.monitor!r}, which none of the ft_callbacks callbacks produce; "
-                "it must come from compute_metrics. It is checked at the first evaluation (eval_on_start=True "
-                "checks it before the first training step).",
-            )
+        check_monitor_source("BestCheckpointSaver", self.monitor, hub, state.is_world_process_zero)
 
     def decide(self, ctx: EvaluationContext) -> None:
-        if not self._training or not self.monitor.startswith(f"{ctx.prefix}_"):
+        if not self._training or ctx.prefix != self._decision_prefix:
             return
         value = ctx.metrics.get(self.monitor)
         if value is None and not self._monitor_checked:
