@@ -211,3 +211,56 @@ def test_no_network_never_stalls_a_step_when_wandb_is_not_chosen(tokenizer, corp
 
     assert wandb.run is None
     assert "report_to does not name wandb" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("monitor", "producer"),
+    [("eval_perplexity", "add OverfitGuard() to callbacks"), ("eval_loss_gap", "add OverfitGuard() to callbacks"),
+     ("eval_bertscore_f1", "add GenerationScorer(prompts=..., references=...) to callbacks"),
+     ("eval_rougeL_delta", "add GenerationScorer(prompts=..., references=...) to callbacks")],
+)  # fmt: skip
+def test_a_monitor_only_our_absent_callback_produces_fails_before_step_1(tokenizer, corpus, tmp_path, monitor,
+                                                                         producer):  # fmt: skip
+    from ft_callbacks import ConfigurationError
+
+    trainer = lm_trainer(tokenizer, corpus, tmp_path / "out", [BestCheckpointSaver(monitor)], **SMALL, max_steps=10,
+                         eval_steps=5, report_to="none")  # fmt: skip
+    trainer.compute_metrics = _accuracy  # run_clm.py has one: it still cannot produce these
+    trainer.preprocess_logits_for_metrics = _argmax
+    with pytest.raises(ConfigurationError, match=re.escape(producer)):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+def test_a_monitor_nothing_produces_without_compute_metrics_fails_before_step_1(tokenizer, corpus, tmp_path):
+    from ft_callbacks import ConfigurationError
+
+    trainer = lm_trainer(tokenizer, corpus, tmp_path / "out", [OverfitGuard(monitor="eval_accuracy")], **SMALL,
+                         max_steps=10, eval_steps=5, report_to="none")  # fmt: skip
+    with pytest.raises(ConfigurationError, match="no compute_metrics"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+def test_a_dict_eval_dataset_decides_on_the_named_dataset(tokenizer, corpus, tmp_path, capsys):
+    from ft_callbacks import ConfigurationError, toy
+
+    def trainer_with(callbacks, out):
+        trainer = lm_trainer(tokenizer, corpus, out, callbacks, **SMALL, max_steps=300, eval_steps=5,
+                             report_to="none")  # fmt: skip
+        held_out = toy.causal_lm_dataset(corpus[300:316], tokenizer, 48)
+        trainer.eval_dataset = {"seen": trainer.train_dataset, "held_out": held_out}
+        return trainer
+
+    guard = OverfitGuard(patience=2, plateau_patience=None, eval_dataset_name="held_out")
+    saver = BestCheckpointSaver("eval_perplexity")  # no dataset named: the first, said once
+    trainer = trainer_with([guard, saver], tmp_path / "out")
+    trainer.train()
+    assert guard.monitor == "eval_held_out_loss" and saver.monitor == "eval_seen_perplexity"
+    assert guard.stopped and guard.stop_rule == "gap"  # memorising shows on held-out data, not on the seen one
+    seen = [e["eval_seen_perplexity"] for e in trainer.state.log_history if e.get("eval_seen_perplexity")]
+    assert saver.best_value == min(seen)
+    assert "decides on 'eval_seen_perplexity' (the first dataset)" in capsys.readouterr().out
+
+    with pytest.raises(ConfigurationError, match=r"names no eval dataset; the Trainer's are \['seen', 'held_out'\]"):
+        trainer_with([OverfitGuard(eval_dataset_name="unseen")], tmp_path / "bad").train()
