@@ -14,14 +14,21 @@ import pytest
 from .helpers import load_example
 
 
+def _during_training(trainer) -> list[dict]:
+    """log_history up to the end of train(): the examples evaluate once more after it, as scripts do."""
+    history = trainer.state.log_history
+    end = next((i for i, e in enumerate(history) if "train_runtime" in e), len(history))
+    return history[:end]
+
+
 def _evaluations(trainer) -> list[dict]:
-    return [e for e in trainer.state.log_history if "eval_loss" in e]
+    return [e for e in _during_training(trainer) if "eval_loss" in e]
 
 
 def _generation_rounds(trainer) -> list[dict]:
     """GenerationScorer's rounds by step (a round scored in the background is logged when it is ready,
     so its entry may come later in log_history than the step it belongs to)."""
-    return sorted((e for e in trainer.state.log_history if "eval_rougeL" in e), key=lambda e: e["step"])
+    return sorted((e for e in _during_training(trainer) if e.get("eval_rougeL") is not None), key=lambda e: e["step"])
 
 
 def _check_best(output_dir: Path, monitor: str, values: dict[int, float], mode: str, weights: str) -> dict:
