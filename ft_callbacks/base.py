@@ -63,6 +63,14 @@ def producer_of(name: str) -> tuple[str, bool] | None:
 def missing_monitor_error(owner: str, monitor: str, ctx: EvaluationContext) -> ConfigurationError:
     """The error for a monitored metric an evaluation did not produce, listing what it did produce."""
     available = sorted(k for k in ctx.metrics if k.startswith(f"{ctx.prefix}_"))
+    if monitor == f"{ctx.prefix}_loss":
+        # No eval_loss at all: the Trainer computes it only from labels, whatever compute_metrics does.
+        return ConfigurationError(
+            f"{owner} monitors {monitor!r}, but the evaluation at step {ctx.step} has no loss: its batches carry "
+            f"no labels, so the Trainer computes none (it produced only {available}). Give the eval dataset a "
+            "'labels' column (a data collator such as DataCollatorForLanguageModeling adds it for causal LMs), or "
+            "set TrainingArguments(label_names=[...]) to the model's label keys."
+        )
     return ConfigurationError(
         f"{owner} monitors {monitor!r}, but the evaluation at step {ctx.step} produced only "
         f"{available}. Pick one of those (or fix compute_metrics); pass eval_on_start=True to "

@@ -264,3 +264,18 @@ def test_a_dict_eval_dataset_decides_on_the_named_dataset(tokenizer, corpus, tmp
 
     with pytest.raises(ConfigurationError, match=r"names no eval dataset; the Trainer's are \['seen', 'held_out'\]"):
         trainer_with([OverfitGuard(eval_dataset_name="unseen")], tmp_path / "bad").train()
+
+
+def test_eval_batches_without_labels_say_what_is_missing(tokenizer, corpus, tmp_path):
+    from transformers import default_data_collator
+
+    from ft_callbacks import ConfigurationError
+
+    trainer = lm_trainer(tokenizer, corpus, tmp_path / "out", [OverfitGuard(patience=None)], **SMALL, max_steps=10,
+                         eval_steps=5, report_to="none", eval_on_start=True)  # fmt: skip
+    trainer.eval_dataset = trainer.eval_dataset.remove_columns([c for c in trainer.eval_dataset.column_names
+                                                                if c != "input_ids"]).select(range(8))  # fmt: skip
+    trainer.data_collator = lambda rows: default_data_collator([{"input_ids": r["input_ids"][:8]} for r in rows])
+    with pytest.raises(ConfigurationError, match=r"its batches carry no labels.*'labels' column"):
+        trainer.train()
+    assert trainer.state.global_step == 0
