@@ -159,6 +159,8 @@ def test_zero2_kit_saves_the_ddp_way(tok_dir, tmp_path_factory):
     [
         ("no_gather", '"stage3_gather_16bit_weights_on_model_save": true'),
         ("peft_load_best", "load_best_at_end=True is not supported for a PEFT model under DeepSpeed ZeRO-3"),
+        ("guard_restore", "under DeepSpeed ZeRO-3 each process holds only a shard of the weights. Add "
+                          "BestCheckpointSaver(load_best_at_end=True)"),
     ],
 )
 def test_zero3_mistakes_fail_before_the_first_step(case, message, tok_dir, tmp_path):

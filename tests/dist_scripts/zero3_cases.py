@@ -7,6 +7,8 @@ CASE is one of
 - `no_gather` (a mistake): the DeepSpeed config lacks stage3_gather_16bit_weights_on_model_save, so
   DeepSpeed would refuse the full weights at the first save;
 - `peft_load_best` (a mistake): load_best_at_end=True with a LoRA model;
+- `guard_restore` (a mistake): OverfitGuard(restore_best_weights=True), whose host copy of the best
+  weights no process can take when none holds the whole weights;
 - `peft_save`: a LoRA model trains with OverfitGuard (for the exact eval token loss) and
   BestCheckpointSaver(monitor="eval_token_loss"); each rank writes OUT_DIR/rank{R}.json with the
   evaluations and the saves.
@@ -53,6 +55,9 @@ def main() -> None:
         config = ZERO3
         model = get_peft_model(model, LoraConfig(r=4, target_modules=["c_attn"], task_type="CAUSAL_LM"))
         callbacks = [BestCheckpointSaver(load_best_at_end=True)]
+    if case == "guard_restore":
+        config = ZERO3
+        callbacks = [OverfitGuard(restore_best_weights=True)]
     if case == "peft_save":
         callbacks = [OverfitGuard(patience=None), BestCheckpointSaver(monitor="eval_token_loss", keep=2)]
         max_steps = 12
