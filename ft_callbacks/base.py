@@ -18,6 +18,7 @@ import weakref
 from typing import Any
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from ._compat import eval_strategy
 from .core.errors import ConfigurationError
@@ -308,15 +309,26 @@ class _RestoredInPlace(TrainerCallback):
 _stand_ins: dict[str, type] = {}
 
 
-class FtCallback(TrainerCallback):
-    """Base of every ft_callbacks callback. Subclasses implement:
+class FtCallback(TrainerCallback, ExportableState):
+    """Base of every ft_callbacks callback: the lifecycle, the evaluation protocol and the state.
 
+    A subclass implements only what it needs (docs/writing_a_callback.md shows a whole one):
+
+    - `setup(args, state, model)`: at the start of `train()` (resumed or not), after `load_state_dict`;
+    - `validate(args, state, hub)`: checks run once, after every callback's setup and before the first
+      training step (raise `ConfigurationError` naming the fix);
     - `produces()`: metric names (without prefix) this callback adds at an evaluation;
-    - `compute(ctx)`: add results with `ctx.add(name, value)`;
-    - `decide(ctx)`: act on the complete metrics (stop, save);
-    - `validate(args, state, hub)`: checks run once, after every callback's `on_train_begin` and
-      before the first training step.
-    Subclasses that override an event handler call `super()` so the registry stays complete."""
+    - `compute(ctx)`: add results with `ctx.add(name, value)`; every callback of ours computes before
+      any decides, whatever the list order;
+    - `decide(ctx)`: act on the complete metrics (`ctx.control.should_training_stop = True`, a save;
+      say so with `ctx.console.append(...)` and `ctx.add_summary(...)`);
+    - `teardown(args, state, model)`: at the end of `train()`; forward hooks added with
+      `add_forward_hook` are removed right after it;
+    - `state_dict()` / `load_state_dict(state)`: plain JSON values; the base writes them into every
+      Trainer checkpoint and restores them on resume, in place, with either value of
+      `restore_callback_states_from_checkpoint`.
+
+    Subclasses that override a Trainer event handler (`on_train_begin`, ...) call `super()`."""
 
     console_label = ""  # the name of this callback's line in an evaluation's console block
 
@@ -341,6 +353,18 @@ class FtCallback(TrainerCallback):
 
     def validate(self, args: Any, state: Any, hub: _Hub) -> None:
         pass
+
+    def setup(self, args: Any, state: Any, model: Any) -> None:
+        """At the start of `train()`, after this callback's state was restored on a resume."""
+
+    def teardown(self, args: Any, state: Any, model: Any) -> None:
+        """At the end of `train()` (an early stop included), before its forward hooks are removed."""
+
+    def add_forward_hook(self, module: Any, hook: Any, **kwargs: Any) -> Any:
+        """`module.register_forward_hook(hook, **kwargs)`, removed at the end of `train()`."""
+        handle = module.register_forward_hook(hook, **kwargs)
+        self.__dict__.setdefault("_forward_hooks", []).append(handle)
+        return handle
 
     def _hub(self, state: Any) -> _Hub:
         hub = _Hub.of(state)
@@ -392,6 +416,11 @@ class FtCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self._hub(state).train_began(self, args)
         self._validated = False
+        if state.global_step > 0:
+            saved = self.saved_state(state)
+            if saved is not None:
+                self.load_state_dict(saved)
+        self.setup(args, state, kwargs.get("model"))
 
     def on_step_begin(self, args, state, control, **kwargs):
         if not getattr(self, "_validated", True):
@@ -404,6 +433,11 @@ class FtCallback(TrainerCallback):
         self._hub(state)
 
     def on_train_end(self, args, state, control, **kwargs):
+        try:
+            self.teardown(args, state, kwargs.get("model"))
+        finally:
+            for handle in self.__dict__.pop("_forward_hooks", []):
+                handle.remove()
         self._hub(state).train_ended(self, args, state)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):

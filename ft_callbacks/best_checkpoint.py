@@ -34,8 +34,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from transformers.trainer_callback import ExportableState
-
 from .base import ConfigurationError, FtCallback, _Hub, check_monitor_source, monitor_skipped, require_evaluations
 from .core.modes import Mode, check_mode, is_finite, is_improvement, normalize_metric_name
 from .distributed import all_gather_objects, broadcast_from_main, is_distributed
@@ -353,7 +351,7 @@ def load_weights_into(model: Any, folder: str | os.PathLike) -> None:
 
 
 # -- the callback ---------------------------------------------------------------------------------
-class BestCheckpointSaver(FtCallback, ExportableState):
+class BestCheckpointSaver(FtCallback):
     """Save a checkpoint only when `monitor` improves; keep the `keep` best; atomic; manifest in JSON.
 
     `BestCheckpointSaver(monitor="eval_loss", mode=None, min_delta=0.0, keep=1)`:

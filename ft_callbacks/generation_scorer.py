@@ -31,7 +31,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from transformers import GenerationConfig
-from transformers.trainer_callback import ExportableState
 
 from ._compat import processing_class, unwrap_model
 from .base import ConfigurationError, FtCallback, _Hub, require_evaluations
@@ -67,7 +66,7 @@ class GenerationFailed(RuntimeError):
     """Generation raised on at least one rank; every rank gets this after the gather, and skips the round."""
 
 
-class GenerationScorer(FtCallback, ExportableState):
+class GenerationScorer(FtCallback):
     """Generate from fixed prompts at evaluations and score the text against references.
 
     `Trainer(..., callbacks=[GenerationScorer(prompts=[...], references=[...])])` adds to each scored

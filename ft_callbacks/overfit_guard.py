@@ -8,7 +8,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from transformers.trainer_callback import ExportableState
 
 from ._compat import processing_class
 from .base import ConfigurationError, FtCallback, _Hub, check_monitor_source, monitor_skipped, require_evaluations
@@ -137,7 +136,7 @@ def _perplexity_note(perplexity: float, eval_loss: float) -> str:
     )
 
 
-class OverfitGuard(FtCallback, ExportableState):
+class OverfitGuard(FtCallback):
     """Watch validation loss and stop training when the model starts to memorise.
 
     Add it with one line: `Trainer(..., callbacks=[OverfitGuard()])`. At every evaluation it adds:
