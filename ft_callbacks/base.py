@@ -14,6 +14,7 @@ all of them before the `on_evaluate` that follows.
 
 from __future__ import annotations
 
+import os
 import weakref
 from typing import Any
 
@@ -23,6 +24,7 @@ from transformers.trainer_callback import ExportableState
 from ._compat import eval_strategy
 from .core.errors import ConfigurationError
 from .core.modes import infer_mode, normalize_metric_name
+from .records import read_json, write_record
 from .reporting import (
     OURS_PREFIX,
     SINK,
@@ -36,6 +38,7 @@ from .reporting import (
 __all__ = ["ConfigurationError", "FtCallback", "missing_monitor_error", "monitor_skipped"]
 
 _HUB_ATTR = "_ft_callbacks_hub"
+STATE_DIR = "ft_callbacks"  # output_dir/ft_callbacks/: every callback's run record
 # The one argument our `state()` gives the Trainer to rebuild a callback with (see `FtCallback.__new__`).
 RESTORE_IN_PLACE = "ft_callbacks_restore_in_place"
 
@@ -359,6 +362,26 @@ class FtCallback(TrainerCallback, ExportableState):
 
     def teardown(self, args: Any, state: Any, model: Any) -> None:
         """At the end of `train()` (an early stop included), before its forward hooks are removed."""
+
+    # -- the run record: output_dir/ft_callbacks/<name>.json, rewritten atomically as the run goes ------
+    record_name = ""  # e.g. "overfit_guard": a callback with a record sets it
+
+    def record_path(self, args: Any) -> str:
+        return os.path.join(args.output_dir, STATE_DIR, f"{self.record_name}.json")
+
+    def write_record(self, args: Any, payload: dict[str, Any]) -> None:
+        """Write this callback's record (a reader sees the old one or the new one, never a torn one); a
+        failure is said once and training goes on."""
+        path = self.record_path(args)
+        try:
+            write_record(path, payload)
+        except OSError as exc:
+            notice_once(f"record:{self.record_name}", f"could not write {path} ({exc}); training continues.")
+
+    def read_record(self, args: Any) -> dict[str, Any] | None:
+        """This callback's record in `args.output_dir`, or None (missing or unreadable)."""
+        record = read_json(self.record_path(args))
+        return record if isinstance(record, dict) else None
 
     def add_forward_hook(self, module: Any, hook: Any, **kwargs: Any) -> Any:
         """`module.register_forward_hook(hook, **kwargs)`, removed at the end of `train()`."""

@@ -16,11 +16,8 @@ from .core.perplexity import TokenLossTotals, safe_exp
 from .core.stopping import OverfitPolicy, StopDecision, format_number
 from .distributed import broadcast_from_main, gather_eval_rows
 from .engines import find_trainer, sharded_engine
-from .records import read_json, write_record
 from .reporting import EvaluationContext, _print, notice_once, report_event
 from .token_loss import TokenLossProbe, mean_or_nan
-
-STATE_DIR = "ft_callbacks"
 
 # What OverfitGuard adds to each evaluation's metrics (with the evaluation's prefix, e.g. eval_).
 METRICS = (
@@ -373,6 +370,7 @@ class OverfitGuard(FtCallback):
 
     # -- events --------------------------------------------------------------------------------
     console_label = "loss"
+    record_name = "overfit_guard"
 
     def produces(self) -> set[str]:
         return set(METRICS)
@@ -412,7 +410,7 @@ class OverfitGuard(FtCallback):
                 f"gap count {self.policy.gap.wait if self.policy.gap else '-'}, "
                 f"plateau count {self.policy.plateau.wait if self.policy.plateau else '-'}.",
             )
-        record = self._read_record(args)
+        record = self.read_record(args)
         stop_step = self.policy.stop_step
         if record and record.get("stop_step") is not None and record["stop_step"] >= state.global_step:
             stop_step = record["stop_step"]
@@ -786,8 +784,7 @@ class OverfitGuard(FtCallback):
             for name, value in summary.items():
                 ctx.add_summary(name, value)
             ctx.console.append(f"STOP: {decision.rule} rule")
-            if ctx.is_main:
-                _print(f"[ft_callbacks] {message}")
+            ctx.blocks.append(f"    {message}")  # in the evaluation's own block, after its numbers
         else:
             report_event(args, state, summary=summary, message=message)
         if state.is_world_process_zero:
@@ -819,22 +816,11 @@ class OverfitGuard(FtCallback):
             return f"OverfitGuard: stopped early at step {policy.stop_step} ({policy.stop_rule} rule); {best}."
         return f"OverfitGuard: training ran to step {state.global_step} without an early stop."
 
-    def _record_path(self, args: Any) -> str:
-        return os.path.join(args.output_dir, STATE_DIR, "overfit_guard.json")
-
     def _write_record(self, args: Any, state: Any) -> None:
-        path = self._record_path(args)
-        payload = {
+        self.write_record(args, {
             "global_step": state.global_step,
             "stop_step": self.policy.stop_step,
             "stop_rule": self.policy.stop_rule,
             "stop_reason": self.policy.stop_reason,
             "state": self.state_dict(),
-        }
-        try:
-            write_record(path, payload)  # atomic: a reader sees the old record or the new one
-        except OSError as exc:
-            notice_once("record", f"could not write {path} ({exc}); training continues.")
-
-    def _read_record(self, args: Any) -> dict[str, Any] | None:
-        return read_json(self._record_path(args))
+        })  # fmt: skip

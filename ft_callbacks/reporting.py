@@ -23,6 +23,7 @@ import copy
 import logging
 import math
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -191,6 +192,25 @@ class WandbSink:
             run.summary.update(values)
         except Exception as exc:
             self.notice("summary", f"could not write the wandb summary ({type(exc).__name__}: {exc}).")
+
+
+    def log_artifact(self, folder: str, name: str | None, metadata: dict[str, Any], aliases: list[str]) -> bool:
+        """Log `folder` as a wandb model artifact (named `name`, default `<run id>-best`) into the Trainer's
+        run; True when it was logged. Offline runs keep it for `wandb sync`."""
+        run = self.run()
+        if run is None:
+            return False
+        try:
+            import wandb
+
+            artifact = wandb.Artifact(re.sub(r"[^A-Za-z0-9_.-]", "-", name or f"{run.id}-best"), type="model",
+                                      metadata=metadata)  # fmt: skip
+            artifact.add_dir(folder)
+            run.log_artifact(artifact, aliases=aliases)
+            return True
+        except Exception as exc:
+            self.notice("artifact", f"could not log {folder} to wandb ({type(exc).__name__}: {exc}).")
+            return False
 
 
 SINK = WandbSink()

@@ -26,11 +26,11 @@ EXAMPLES = {
 def _env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update({
-        "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb_root"), "WANDB_SILENT": "true",
+        "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb_runs"), "WANDB_SILENT": "true",
         "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HOME": str(tmp_path / "home"),
         "PYTHONPATH": str(REPO),
     })  # fmt: skip
-    (tmp_path / "wandb_root").mkdir()
+    (tmp_path / "wandb_runs").mkdir()
     (tmp_path / "home").mkdir()
     return env
 
@@ -63,10 +63,13 @@ def test_example_script_runs_to_its_end(name, tmp_path):
     result = _run([sys.executable, str(script), "--output-dir", "run", "--report-to", "wandb", *EXAMPLES[name]],
                   tmp_path, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    _check_card(out)
+    if name == "sft_lora_chat":  # TRL writes its own model card, without a results table
+        assert "This model was trained with SFT" in (out / "README.md").read_text()
+    else:
+        _check_card(out)
     assert (out / "eval_results.json").is_file() and (out / "trainer_state.json").is_file()
     assert _files(tmp_path / "work") == {f"run/{f}" for f in _files(out)}  # nothing beside the output dir
-    assert list((tmp_path / "wandb_root").glob("wandb/offline-run-*"))
+    assert list((tmp_path / "wandb_runs").glob("wandb/offline-run-*"))
     if name == "causal_lm_overfit_guard":
         state = json.loads((out / "trainer_state.json").read_text())
         stops = [e for e in state["log_history"] if "ft_callbacks/early_stop_step" in e]
