@@ -1,353 +1,40 @@
 """BestCheckpointSaver: write a checkpoint only when the monitored metric improves, atomically, top-k.
 
-Layout in `output_dir` (the Trainer's, unless `output_dir=` is given):
-
-    best_checkpoints.json                        the manifest: the truth scripts and resumed runs read
-    best_checkpoints.lock                        the process writing here (PID, host), while it trains
-    best-step000040-eval_loss=3.1416/            one kept checkpoint (weights, config, tokenizer, info)
-    .tmp-best-<step>-<pid>/                      a save in progress (removed at the next start)
-
-A checkpoint is written into a `.tmp-best-*` folder, every file fsync'ed, then renamed to its final
-name in one `os.replace` (the manifest names it under `"pending"` first, so a folder renamed just
-before a kill is known to be ours); only then is the manifest rewritten (tmp file + fsync +
-`os.replace`), and only after that are pruned checkpoints deleted (they are listed under `"pruning"`
-until gone). A kill at any moment leaves the previous manifest and every checkpoint it lists intact.
-
-The manifest is a file anyone can edit, so nothing it names is trusted: a folder is loaded or deleted
-only if it is one this saver created (`_not_ours`): a `best-step…` name directly inside the directory,
-not a symbolic link, holding the `best_checkpoint.json` this saver writes into every checkpoint before
-it appears. One saver per directory: a second in the same Trainer is refused, and a lock file keeps a
-second process out while the first trains.
+The callback decides: whether an evaluation improves on the best (`checkpoints.ranking`), what a failed
+save does (`on_save_error`), which weights end the run (`load_best_at_end`) and what goes to wandb.
+Writing, the manifest, recovery at start, pruning only what it created and the one-writer lock belong
+to the directory's `CheckpointStore` (`checkpoints.store`); reading weights back to `engines`. The
+names users import from this module (`best_checkpoint`, `read_manifest`, `last_complete_checkpoint`,
+`CheckpointRanking`, `checkpoint_name`, `MANIFEST`, ...) are re-exported here.
 """
 
 from __future__ import annotations
 
-import errno
-import json
-import math
 import os
 import re
-import shutil
-import time
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from . import checkpoints
 from .base import ConfigurationError, FtCallback, _Hub, check_monitor_source, monitor_skipped, require_evaluations
-from .core.modes import Mode, check_mode, is_finite, is_improvement, normalize_metric_name
+from .checkpoints import *  # noqa: F403  (re-exported: `from ft_callbacks.best_checkpoint import MANIFEST` keeps working)
+from .checkpoints import CheckpointRanking, CheckpointStore, RankedCheckpoint
+from .core.modes import Mode, check_mode, is_finite, normalize_metric_name
 from .distributed import all_gather_objects, broadcast_from_main, is_distributed
-from .engines import Engine, find_trainer, full_state_dict, load_full_state_dict, sharded_engine, zero3_config_error
-from .records import LOCK_STALE_SECONDS, LockHeld, RunLock, describe_holder, fsync_path, read_json, write_json_atomic
+from .engines import (
+    Engine,
+    find_trainer,
+    full_state_dict,
+    is_peft,
+    load_full_state_dict,
+    load_weights_into,
+    read_saved_weights,
+    sharded_engine,
+    zero3_config_error,
+)
 from .reporting import SINK, EvaluationContext, _print, notice_once, report_event, warn
 
-MANIFEST = "best_checkpoints.json"
-TMP_PREFIX = ".tmp-best-"
-INFO_FILE = "best_checkpoint.json"  # inside every checkpoint; also the marker that the folder is ours
-LOCK_FILE = "best_checkpoints.lock"
-MANIFEST_VERSION = 1
-PROBE_BYTES = 64 * 1024  # the start-up write test: big enough that a full disk refuses it
-# What `checkpoint_name` produces (plus the "-2" of a name taken by an earlier run): one path component.
-_CHECKPOINT_NAME = re.compile(r"best-step(\d+)-[A-Za-z0-9_.-]+=-?\d+\.\d{4}(?:-\d+)?")
-_TMP_NAME = re.compile(r"\.tmp-best-(?:\d+|probe)-\d+")
-_MISSING = "missing"
-
-
-# -- ranking: plain numbers, no framework ---------------------------------------------------------
-@dataclass
-class RankedCheckpoint:
-    step: int
-    value: float
-    path: str = ""  # folder name, relative to the output dir
-    time: str = ""
-    seconds: float = 0.0
-    bytes: int = 0
-
-
-@dataclass
-class RankingDecision:
-    saved: bool
-    pruned: list[RankedCheckpoint] = field(default_factory=list)
-
-
-class CheckpointRanking:
-    """Which checkpoints to keep: the `keep` best by value; a value counts only if it beats the best
-    so far by more than `min_delta` (NaN/inf never do). The best is never pruned."""
-
-    def __init__(self, mode: Mode = "min", keep: int = 1, min_delta: float = 0.0) -> None:
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"keep={keep!r} is not valid: keep at least 1 checkpoint (the best).")
-        if not isinstance(min_delta, (int, float)) or not math.isfinite(min_delta) or min_delta < 0:
-            raise ValueError(f"min_delta={min_delta!r} is not valid: use a finite number >= 0.")
-        self.mode = check_mode(mode, "metric")
-        self.keep = keep
-        self.min_delta = float(min_delta)
-        self.entries: list[RankedCheckpoint] = []  # kept, best first
-        self.best_value: float | None = None
-        self.best_step: int | None = None
-
-    @property
-    def best(self) -> RankedCheckpoint | None:
-        return self.entries[0] if self.entries else None
-
-    def improves(self, value: float | None) -> bool:
-        return is_improvement(value, self.best_value, self.mode, self.min_delta)
-
-    def _sort(self) -> None:
-        sign = 1.0 if self.mode == "min" else -1.0
-        # Best value first; among equal values the earlier step (it was the best first).
-        self.entries.sort(key=lambda e: (sign * e.value, e.step))
-
-    def add(self, step: int, value: float | None, path: str = "", **info: Any) -> RankingDecision:
-        """Offer an evaluation's value. Saved (and ranked) only if it improves; returns the entries
-        that fall out of the top `keep` (never the best)."""
-        if not self.improves(value):
-            return RankingDecision(saved=False)
-        entry = RankedCheckpoint(step=int(step), value=float(value), path=path, **info)  # type: ignore[arg-type]
-        self.entries.append(entry)
-        self.best_value, self.best_step = entry.value, entry.step
-        return RankingDecision(saved=True, pruned=self.prune())
-
-    def prune(self) -> list[RankedCheckpoint]:
-        self._sort()
-        best = self.entries[0] if self.entries else None
-        dropped = [e for e in self.entries[self.keep :] if e is not best]
-        self.entries = [e for e in self.entries if e not in dropped]
-        return dropped
-
-    def remove(self, path: str) -> None:
-        self.entries = [e for e in self.entries if e.path != path]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "best_value": self.best_value,
-            "best_step": self.best_step,
-            "entries": [asdict(e) for e in self.entries],
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.entries = [RankedCheckpoint(**e) for e in state.get("entries", [])]
-        self.best_value = state.get("best_value")
-        self.best_step = state.get("best_step")
-        self._sort()
-        if self.best_value is None and self.entries:
-            self.best_value, self.best_step = self.entries[0].value, self.entries[0].step
-
-
-# -- manifest and files ---------------------------------------------------------------------------
-def checkpoint_name(step: int, monitor: str, value: float) -> str:
-    metric = re.sub(r"[^A-Za-z0-9_.-]", "_", monitor)
-    return f"best-step{int(step):06d}-{metric}={value:.4f}"
-
-
-def _fsync_tree(root: str | os.PathLike) -> int:
-    """fsync every file and folder under `root`; returns the bytes in it."""
-    total = 0
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(dirpath, name)
-            total += os.path.getsize(path)
-            fsync_path(path)
-        fsync_path(dirpath, directory=True)
-    return total
-
-
-def _json_type(value: Any) -> str:
-    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)
-
-
-def _manifest_problem(data: Any) -> str | None:
-    """Why a parsed manifest cannot be used (a field of the wrong type), or None."""
-    if not isinstance(data, dict):
-        return f"it holds {_json_type(data)}, not an object"
-    for key in ("checkpoints", "pruning", "pending"):
-        if not isinstance(data.get(key, []), list):
-            return f'"{key}" is {_json_type(data[key])}, not a list'
-    for key in ("pruning", "pending"):
-        if not all(isinstance(name, str) for name in data.get(key, [])):
-            return f'"{key}" holds something other than folder names'
-    for key in ("best", "monitor", "mode"):
-        if data.get(key) is not None and not isinstance(data[key], str):
-            return f'"{key}" is {_json_type(data[key])}, not a string'
-    step, value = data.get("best_step"), data.get("best_value")
-    if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
-        return f'"best_step" is {_json_type(step)}, not a whole number'
-    finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if value is not None and not finite:
-        return f'"best_value" is {value!r}, not a finite number'
-    return None
-
-
-def _load_manifest(output_dir: str | os.PathLike) -> tuple[dict[str, Any] | None, str | None]:
-    """(manifest, None), (None, why it is unusable), or (None, None) when there is none."""
-    path = os.path.join(output_dir, MANIFEST)
-    try:
-        with open(path) as f:
-            text = f.read()
-    except FileNotFoundError:
-        return None, None
-    except OSError as exc:
-        return None, f"it cannot be read ({exc})"
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        return None, f"it is not valid JSON ({exc})"
-    problem = _manifest_problem(data)
-    return (None, problem) if problem else (data, None)
-
-
-def read_manifest(output_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The manifest of `output_dir`, or None when there is none, it cannot be parsed, or a field has the
-    wrong type (a hand-edited `"pruning": 5`): a resumed run then treats it as lost."""
-    return _load_manifest(output_dir)[0]
-
-
-def _not_ours(output_dir: str | os.PathLike, name: Any) -> str | None:
-    """None when `name` is a checkpoint folder this saver created directly inside `output_dir`;
-    otherwise why not (`_MISSING` when such a name is simply not on disk). Only folders that pass are
-    ever loaded or deleted: the manifest is a file anyone can edit."""
-    match = _CHECKPOINT_NAME.fullmatch(name) if isinstance(name, str) else None
-    if match is None:  # "", ".", "..", absolute paths, anything with a separator, the Trainer's checkpoint-N
-        return "not a best-step… folder name of this saver"
-    path = os.path.join(output_dir, name)
-    if os.path.islink(path):
-        return "a symbolic link"
-    if not os.path.lexists(path):
-        return _MISSING
-    if not os.path.isdir(path):
-        return "not a folder"
-    if os.path.realpath(path) != os.path.join(os.path.realpath(output_dir), name):
-        return "outside the directory"
-    marker = os.path.join(path, INFO_FILE)
-    info = None if os.path.islink(marker) or not os.path.isfile(marker) else read_json(marker)
-    if not isinstance(info, dict) or info.get("step") != int(match.group(1)):
-        return f"a folder without this saver's {INFO_FILE} marker"
-    return None
-
-
-def best_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """Path of the best checkpoint the manifest of `output_dir` lists, or None.
-
-    Only a folder the saver created is returned (a `best-step…` folder directly inside `output_dir`,
-    not a symbolic link, with its `best_checkpoint.json`); a manifest naming anything else gives None
-    and a warning."""
-    manifest = read_manifest(output_dir)
-    if not manifest or not manifest.get("best"):
-        return None
-    reason = _not_ours(output_dir, manifest["best"])
-    if reason is not None:
-        warn(f"{MANIFEST} in {output_dir} names {manifest['best']!r} as the best checkpoint, but that is {reason}; "
-             "it is not returned.")  # fmt: skip
-        return None
-    return Path(output_dir) / manifest["best"]
-
-
-def last_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The newest of the Trainer's own `checkpoint-N` folders that is complete: what to pass to
-    `trainer.train(resume_from_checkpoint=...)` after a crash or kill.
-
-    transformers' `get_last_checkpoint` returns the highest-numbered folder even when a kill cut its
-    writing short, and resuming from that one fails (or loses the optimizer state). The Trainer writes
-    a checkpoint in place with `trainer_state.json` last, so complete means: that file parses and
-    records step N. None when no checkpoint is complete (start afresh)."""
-    found = []
-    for folder in Path(output_dir).glob("checkpoint-*"):
-        match = re.fullmatch(r"checkpoint-(\d+)", folder.name)
-        if match is None or not folder.is_dir():
-            continue
-        state = read_json(folder / "trainer_state.json")
-        if isinstance(state, dict) and state.get("global_step") == int(match.group(1)):
-            found.append((int(match.group(1)), folder))
-    return max(found)[1] if found else None
-
-
-def _remove_tree(path: str | os.PathLike) -> None:
-    """Delete a folder this saver wrote (callers check that it is ours). Its marker goes last, so a
-    deletion a kill cuts short leaves a folder that the next start still recognises and finishes."""
-    path = str(path)
-    if os.path.islink(path) or not os.path.isdir(path):  # never follow a link out of the directory
-        return
-    try:
-        names = os.listdir(path)
-    except OSError:
-        return
-    for name in names:
-        if name == INFO_FILE:
-            continue
-        child = os.path.join(path, name)
-        if os.path.isdir(child) and not os.path.islink(child):
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            try:
-                os.remove(child)
-            except OSError:
-                pass
-    try:
-        if os.listdir(path) == [INFO_FILE]:  # all the rest is gone (or the marker stays, and so it is ours)
-            os.remove(os.path.join(path, INFO_FILE))
-        os.rmdir(path)
-    except OSError:
-        pass
-
-
-def _is_peft(model: Any) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return False
-    return isinstance(model, PeftModel)
-
-
-def read_saved_weights(folder: str | os.PathLike) -> dict[str, Any]:
-    """The weights `save_pretrained` wrote in `folder` (one file or an index of shards)."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    single = folder / "model.safetensors"
-    index = folder / "model.safetensors.index.json"
-    if single.exists():
-        files = [single]
-    elif index.exists():
-        shard_names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        files = [folder / name for name in shard_names]
-    else:
-        raise FileNotFoundError(f"{folder} has no model.safetensors")
-    state: dict[str, Any] = {}
-    for path in files:
-        state.update(load_file(str(path)))
-    return state
-
-
-def load_weights_into(model: Any, folder: str | os.PathLike) -> None:
-    """Put the weights saved in `folder` (by `save_pretrained`) back into `model`, in place (a model
-    whose parameters are whole on this process: single process, DDP, ZeRO-1/2)."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    if _is_peft(model):
-        from peft import set_peft_model_state_dict
-
-        adapter = folder / "adapter_model.safetensors"
-        if not adapter.exists():
-            raise FileNotFoundError(f"{folder} has no adapter_model.safetensors")
-        set_peft_model_state_dict(model, load_file(str(adapter)))
-        return
-    result = model.load_state_dict(read_saved_weights(folder), strict=False)
-    # save_pretrained leaves out tied weights (e.g. lm_head = embeddings); anything else is an error.
-    tied = set()
-    for getter in ("all_tied_weights_keys", "_tied_weights_keys"):
-        keys = getattr(model, getter, None)
-        if isinstance(keys, dict):
-            tied.update(keys)
-        elif isinstance(keys, (list, tuple, set)):
-            tied.update(keys)
-    missing = [k for k in result.missing_keys if k not in tied and not k.endswith("lm_head.weight")]
-    if missing or result.unexpected_keys:
-        raise RuntimeError(
-            f"the checkpoint in {folder} does not match the model: missing {missing[:5]}, "
-            f"unexpected {list(result.unexpected_keys)[:5]}"
-        )
+__all__ = ["BestCheckpointSaver", *checkpoints.__all__, "load_weights_into", "read_saved_weights"]
 
 
 # -- the callback ---------------------------------------------------------------------------------
@@ -456,7 +143,7 @@ class BestCheckpointSaver(FtCallback):
         self._resolved_dir: str | None = None
         self._trainer: Any = None  # the Trainer running us, under sharded engines
         self._engine: Engine | None = None
-        self._lock: RunLock | None = None  # rank 0, while training
+        self.store: CheckpointStore | None = None  # the directory, known once training starts
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -483,6 +170,16 @@ class BestCheckpointSaver(FtCallback):
         self._resolved_dir = str(self.output_dir or args.output_dir)
         return self._resolved_dir
 
+    def _store(self, args: Any) -> CheckpointStore:
+        """The store of this run's directory and monitor (the same object for the whole run)."""
+        out = self._dir(args)
+        store = self.store
+        if store is None or (store.directory, store.monitor) != (out, self.monitor):
+            if store is not None:  # an earlier train() into another directory that never reached its end
+                store.release_lock()
+            self.store = store = CheckpointStore(out, self.monitor, self.mode)
+        return store
+
     # -- start / resume ------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
         super().on_train_begin(args, state, control, **kwargs)
@@ -504,11 +201,11 @@ class BestCheckpointSaver(FtCallback):
                 "saver runs last, so the model ends with the weights of the saver's best checkpoint.",
             )
         self._capture(kwargs)
-        out = self._dir(args)
+        store = self._store(args)
         self._check_one_saver_per_dir(args, state)
         error = None
         if state.is_world_process_zero:
-            error = self._check_writable(out) or self._take_lock(out)
+            error = store.check_writable() or store.acquire_lock()
         error = broadcast_from_main(error)
         if error:
             raise ConfigurationError(error)
@@ -517,11 +214,11 @@ class BestCheckpointSaver(FtCallback):
         saved = self._restored_state
         self._restored_state = None
         if state.global_step > 0:
-            manifest = read_manifest(out)
+            manifest = store.read_manifest()
             if manifest is None and saved is None:
                 saved = self.saved_state(state)
             if manifest is not None:
-                saved = self._state_from_manifest(manifest)
+                saved = store.state_from_manifest(manifest)
             self.ranking = CheckpointRanking(self.mode, self.keep, self.min_delta)
             if saved:
                 try:
@@ -532,7 +229,7 @@ class BestCheckpointSaver(FtCallback):
         else:
             self.ranking = CheckpointRanking(self.mode, self.keep, self.min_delta)
         if state.is_world_process_zero:
-            self._recover(out, fresh=state.global_step == 0)
+            store.recover(self.ranking, fresh=state.global_step == 0)
         # Every rank ranks alike: rank 0's view (after the repair) is everyone's.
         ranking_state = broadcast_from_main(self.ranking.state_dict())
         self.ranking.load_state_dict(ranking_state)
@@ -563,7 +260,7 @@ class BestCheckpointSaver(FtCallback):
                 f"save_optimizer=True is not supported under {self._engine} (the optimizer state is sharded); use "
                 "save_optimizer=False (weights only) and the Trainer's own checkpoints for resuming."
             )
-        if self.load_best_at_end and _is_peft(model):
+        if self.load_best_at_end and is_peft(model):
             raise ConfigurationError(
                 f"load_best_at_end=True is not supported for a PEFT model under {self._engine}; load the best adapter "
                 "after training: PeftModel.from_pretrained(base_model, best_checkpoint(output_dir))."
@@ -591,188 +288,6 @@ class BestCheckpointSaver(FtCallback):
                 f"BestCheckpointSaver(monitor={other.monitor!r}, "
                 f"output_dir={os.path.join(self._resolved_dir or '', 'best_' + other.monitor)!r})."
             )
-
-    @staticmethod
-    def _check_writable(out: str) -> str | None:
-        probe = os.path.join(out, f"{TMP_PREFIX}probe-{os.getpid()}")
-        try:
-            os.makedirs(out, exist_ok=True)
-            # Some KB of random bytes (no filesystem compresses them away), fsync'ed: a full disk or quota
-            # fails here, before the first step, instead of at every save.
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                data = memoryview(os.urandom(PROBE_BYTES))
-                while data:
-                    data = data[os.write(fd, data) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.remove(probe)
-        except OSError as exc:
-            try:
-                os.remove(probe)
-            except OSError:
-                pass
-            full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
-            return (
-                f"BestCheckpointSaver cannot write to the output directory {out!r} ({exc})"
-                + (": the disk (or your quota) is full, so every checkpoint save would fail. Free some space or pick "
-                   "another output_dir" if full else ". Pick a writable output_dir")
-                + " (TrainingArguments(output_dir=...) or BestCheckpointSaver(output_dir=...))."
-            )  # fmt: skip
-        return None
-
-    def _take_lock(self, out: str) -> str | None:
-        """Rank 0: hold the directory's lock for the run, or say who holds it."""
-        if self._lock is not None:  # an earlier train() of this saver that never reached its end
-            self._lock.release()
-            self._lock = None
-        lock = RunLock(os.path.join(out, LOCK_FILE))
-        try:
-            stale = lock.acquire()
-        except LockHeld as exc:
-            return (
-                f"BestCheckpointSaver: another run is writing into {out!r}: {describe_holder(exc.holder)} holds "
-                f"{exc.path}. Two runs in one directory overwrite each other's manifest and prune each other's "
-                "checkpoints. Wait for that run to finish, or give this one its own directory "
-                "(TrainingArguments(output_dir=...) or BestCheckpointSaver(output_dir=...)). If that process is no "
-                f"longer running, delete {exc.path} (a lock from another host counts as stale on its own after "
-                f"{LOCK_STALE_SECONDS / 60:.0f} minutes without its heartbeat)."
-            )
-        except OSError as exc:
-            return f"BestCheckpointSaver cannot create its lock file in {out!r} ({exc}). Pick a writable output_dir."
-        self._lock = lock
-        if stale is not None:
-            notice_once(
-                f"best_lock:{lock.path}",
-                f"BestCheckpointSaver took over the stale lock {lock.path} of {describe_holder(stale)}, which is no "
-                "longer running.",
-            )
-        return None
-
-    def _release_lock(self) -> None:
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
-
-    def _state_from_manifest(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
-        if manifest.get("monitor") not in (None, self.monitor) or manifest.get("mode") not in (None, self.mode):
-            warn(
-                f"the manifest in the output dir ranks {manifest.get('monitor')!r} ({manifest.get('mode')}), "
-                f"this saver {self.monitor!r} ({self.mode}): starting a new ranking."
-            )
-            return None
-        entries = []
-        for e in manifest.get("checkpoints", []):
-            try:
-                if not isinstance(e, dict) or not math.isfinite(float(e["value"])):
-                    raise ValueError(e)
-                entries.append(
-                    asdict(
-                        RankedCheckpoint(
-                            step=int(e["step"]),
-                            value=float(e["value"]),
-                            path=str(e["path"]),
-                            time=str(e.get("time", "")),
-                            seconds=float(e.get("seconds", 0.0)),
-                            bytes=int(e.get("bytes", 0)),
-                        )
-                    )
-                )
-            except (KeyError, TypeError, ValueError):
-                warn(f"ignoring a malformed manifest entry: {e!r}")
-        return {"best_value": manifest.get("best_value"), "best_step": manifest.get("best_step"), "entries": entries}
-
-    def _recover(self, out: str, fresh: bool) -> None:
-        """Rank 0, at the start: drop unfinished saves, finish pending deletions, repair the manifest.
-
-        Deletes and keeps only folders this saver created (`_not_ours`); whatever else the manifest
-        names is reported once and left on disk."""
-        for name in os.listdir(out):
-            path = os.path.join(out, name)
-            if _TMP_NAME.fullmatch(name) and not os.path.islink(path):
-                if os.path.isdir(path):
-                    _remove_tree(path)
-                else:  # the write probe of a run killed at its start
-                    try:
-                        os.remove(path)
-                    except OSError:
-                        pass
-        refused: dict[str, str] = {}
-        manifest, problem = _load_manifest(out)
-        if problem is not None:
-            self._set_aside_malformed(out, problem, fresh)
-        if manifest is not None:
-            entries = manifest.get("checkpoints", [])
-            listed = {e["path"] for e in entries if isinstance(e, dict) and isinstance(e.get("path"), str)}
-            # A deletion cut off, or a save renamed into place but never listed: both are ours (if verified).
-            for name in [*manifest.get("pruning", []), *manifest.get("pending", [])]:
-                if name in listed:
-                    continue
-                reason = _not_ours(out, name)
-                if reason is None:
-                    _remove_tree(os.path.join(out, name))
-                elif reason != _MISSING:
-                    refused[name] = reason
-        if fresh:
-            self._report_refused(out, refused)
-            if manifest is not None and manifest.get("checkpoints"):
-                archive = os.path.join(out, f"best_checkpoints.{int(time.time())}.json")
-                os.replace(os.path.join(out, MANIFEST), archive)
-                warn(
-                    f"{MANIFEST} in {out} is from an earlier run; it was moved to {os.path.basename(archive)} and its "
-                    "checkpoints are left on disk untouched. This run starts a new ranking."
-                )
-            return
-        missing = []
-        for e in list(self.ranking.entries):
-            reason = _not_ours(out, e.path)
-            if reason is None:
-                continue
-            self.ranking.remove(e.path)
-            if reason == _MISSING:
-                missing.append(e.path)
-            else:
-                refused[e.path] = reason
-        self._report_refused(out, refused)
-        if missing:
-            warn(
-                f"{MANIFEST} listed checkpoints that no longer exist ({', '.join(missing)}); "
-                "removed them from the ranking."
-            )
-        if missing or refused:
-            if not self.ranking.entries:
-                self.ranking.best_value = self.ranking.best_step = None
-            else:
-                best = self.ranking.entries[0]
-                self.ranking.best_value, self.ranking.best_step = best.value, best.step
-        lost = manifest is None and bool(self.ranking.entries)  # restored from trainer_state.json
-        dirty = manifest is not None and (manifest.get("pruning") or manifest.get("pending"))
-        if missing or refused or lost or dirty:
-            self._write_manifest(out)
-
-    @staticmethod
-    def _report_refused(out: str, refused: dict[str, str]) -> None:
-        if refused:
-            listing = "; ".join(f"{name!r}: {reason}" for name, reason in refused.items())
-            warn(
-                f"{MANIFEST} in {out} names folders this saver did not create ({listing}). They are left untouched "
-                "and dropped from the manifest: only best-step… folders directly inside the directory, holding the "
-                f"saver's {INFO_FILE}, are ever loaded or deleted."
-            )
-
-    @staticmethod
-    def _set_aside_malformed(out: str, problem: str, fresh: bool) -> None:
-        """A manifest that cannot be used is kept for the user under another name, never deleted."""
-        path = os.path.join(out, MANIFEST)
-        aside = os.path.join(out, f"best_checkpoints.malformed-{int(time.time())}.json")
-        try:
-            os.replace(path, aside)
-            where = f"it was moved to {os.path.basename(aside)}"
-        except OSError as exc:
-            where = f"it could not be moved aside ({exc}) and will be overwritten"
-        then = "This run starts a new ranking" if fresh else "The ranking comes from the Trainer checkpoint (if any)"
-        warn(f"{MANIFEST} in {out} is malformed ({problem}); {where}. {then}; no checkpoint folder was deleted.")
 
     # -- events --------------------------------------------------------------------------------
     def _capture(self, kwargs: dict[str, Any]) -> None:
@@ -820,7 +335,6 @@ class BestCheckpointSaver(FtCallback):
 
     # -- saving --------------------------------------------------------------------------------
     def _save(self, ctx: EvaluationContext, value: float) -> dict[str, Any] | None:
-        out = self._dir(ctx.args)
         step = ctx.step
         result: dict[str, Any] | None = None
         weights = None
@@ -837,7 +351,7 @@ class BestCheckpointSaver(FtCallback):
                 return None
         if ctx.is_main:
             try:
-                result = self._write_checkpoint(ctx, out, step, value, weights)
+                result = self._write_checkpoint(ctx, step, value, weights)
             except Exception as exc:  # disk full, permissions: keep the previous best
                 # One kind per distinct error: the errno, not the file name, tells two failures apart.
                 kind = f"{type(exc).__name__}:{getattr(exc, 'errno', None) or exc}"
@@ -877,23 +391,15 @@ class BestCheckpointSaver(FtCallback):
             _print(f"[ft_callbacks] {message}")
 
     def _write_checkpoint(
-        self, ctx: EvaluationContext, out: str, step: int, value: float, weights: dict[str, Any] | None = None
+        self, ctx: EvaluationContext, step: int, value: float, weights: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        start = time.monotonic()
+        """Rank 0: one save through the store, whose `save_fn` writes the weights (PEFT models: the adapter
+        only; `weights`: the gathered ones of a sharded model), config, tokenizer, optimizer and scheduler."""
         model = ctx.model
         if model is None:
             raise RuntimeError("the Trainer passed no model to the callback")
-        name = checkpoint_name(step, self.monitor, value)
-        final = os.path.join(out, name)
-        suffix = 1
-        while os.path.exists(final):  # left by an earlier run into the same output_dir: never overwritten
-            suffix += 1
-            final = os.path.join(out, f"{name}-{suffix}")
-        name = os.path.basename(final)
-        tmp = os.path.join(out, f"{TMP_PREFIX}{step}-{os.getpid()}")
-        _remove_tree(tmp)
-        try:
-            # PEFT models write their adapter only; `weights` are the gathered ones of a sharded model.
+
+        def write(tmp: str) -> None:
             model.save_pretrained(tmp, **({"state_dict": weights} if weights is not None else {}))
             processor = ctx.processing_class
             if processor is not None and hasattr(processor, "save_pretrained"):
@@ -905,75 +411,8 @@ class BestCheckpointSaver(FtCallback):
                     torch.save(self._optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
                 if self._scheduler is not None:
                     torch.save(self._scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
-            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            info = {"step": step, "metric": self.monitor, "value": value, "mode": self.mode, "time": now}
-            with open(os.path.join(tmp, INFO_FILE), "w") as f:
-                json.dump(info, f, indent=2)
-            size = _fsync_tree(tmp)
-            self._write_manifest(out, pending=[name])  # whatever happens next, `name` is known to be ours
-            os.replace(tmp, final)  # the checkpoint appears complete, or not at all
-            fsync_path(out, directory=True)
-        except Exception:  # a kill or KeyboardInterrupt leaves the folder aside; the next start removes it
-            _remove_tree(tmp)
-            raise
-        seconds = time.monotonic() - start
-        before = self.ranking.state_dict()
-        decision = self.ranking.add(step, value, path=name, time=now, seconds=round(seconds, 4), bytes=size)
-        pruned = [e.path for e in decision.pruned]
-        try:
-            self._write_manifest(out, pruning=pruned)  # the manifest lists the new best before anything is deleted
-        except Exception:  # disk full: the manifest on disk is the previous one; the new folder is not listed
-            self.ranking.load_state_dict(before)
-            _remove_tree(final)  # it is under "pending" there, should this fail too
-            raise
-        for path in pruned:
-            reason = _not_ours(out, path)  # checked again: the folder may have been replaced since it was listed
-            if reason is None:
-                _remove_tree(os.path.join(out, path))
-            elif reason != _MISSING:
-                self._report_refused(out, {path: reason})
-        if pruned:
-            try:
-                self._write_manifest(out)
-            except OSError:  # the manifest written above is valid; its "pruning" list is finished at the next start
-                pass
-        return {
-            "step": step,
-            "path": name,
-            "seconds": round(time.monotonic() - start, 4),
-            "bytes": size,
-            "pruned": pruned,
-            "ranking": self.ranking.state_dict(),
-        }
 
-    def _write_manifest(self, out: str, pruning: list[str] | None = None, pending: list[str] | None = None) -> None:
-        best = self.ranking.best
-        payload = {
-            "version": MANIFEST_VERSION,
-            "monitor": self.monitor,
-            "mode": self.mode,
-            "min_delta": self.min_delta,
-            "keep": self.keep,
-            "best": best.path if best else None,
-            "best_step": self.ranking.best_step,
-            "best_value": self.ranking.best_value,
-            "checkpoints": [
-                {
-                    "path": e.path,
-                    "step": e.step,
-                    "metric": self.monitor,
-                    "value": e.value,
-                    "time": e.time,
-                    "seconds": e.seconds,
-                    "bytes": e.bytes,
-                    "best": e is best,
-                }
-                for e in self.ranking.entries
-            ],
-            "pruning": list(pruning or []),
-            "pending": list(pending or []),
-        }
-        write_json_atomic(os.path.join(out, MANIFEST), payload)
+        return self._store(ctx.args).save(self.ranking, step, value, write)
 
     # -- end of training -----------------------------------------------------------------------
     def on_train_end(self, args, state, control, **kwargs):
@@ -983,10 +422,12 @@ class BestCheckpointSaver(FtCallback):
         try:
             self._finish(args, state, kwargs.get("model"), trainer)
         finally:
-            self._release_lock()
+            if self.store is not None:
+                self.store.release_lock()
 
     def _finish(self, args: Any, state: Any, model: Any, trainer: Any) -> None:
-        out = self._dir(args)
+        store = self._store(args)
+        out = store.directory
         best = self.ranking.best
         if best is None:
             if state.is_world_process_zero:
@@ -994,7 +435,7 @@ class BestCheckpointSaver(FtCallback):
             return
         folder = os.path.join(out, best.path)
         # Rank 0 looks (its disk is the one written); every rank follows, so collective loads stay in step.
-        refused = broadcast_from_main(_not_ours(out, best.path) if state.is_world_process_zero else None)
+        refused = broadcast_from_main(store.not_ours(best.path) if state.is_world_process_zero else None)
         if refused is not None:
             if state.is_world_process_zero:
                 warn(f"the best checkpoint {folder} is {refused} now; it is neither loaded nor uploaded.")

@@ -14,12 +14,18 @@ times, in the same order. We never gather by hand; these functions call the engi
 A `TrainerCallback` is handed the model but not the Trainer, and under these engines the model it is
 handed is not the object the engine manages (the FSDP1 wrapper, the DeepSpeed engine): `find_trainer`
 reaches the Trainer that runs the callback.
+
+Reading saved weights back (`read_saved_weights`, `load_weights_into`) lives here too: whole weights
+on this process, or (through `load_full_state_dict`) spread by the engine.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import sys
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -134,6 +140,76 @@ def load_full_state_dict(engine: Engine, model: Any, state_dict: dict[str, torch
                     for name, param in params.items():
                         if name in state_dict:
                             param.data.copy_(state_dict[name].to(param.dtype))
+
+
+def is_peft(model: Any) -> bool:
+    """Whether `model` is a PEFT model (whose checkpoints hold the adapter only)."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def read_saved_weights(folder: str | os.PathLike) -> dict[str, Any]:
+    """The weights `save_pretrained` wrote in `folder` (one file or an index of shards).
+
+    Raises:
+        FileNotFoundError: `folder` has no `model.safetensors` (nor an index of shards).
+    """
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    single = folder / "model.safetensors"
+    index = folder / "model.safetensors.index.json"
+    if single.exists():
+        files = [single]
+    elif index.exists():
+        shard_names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = [folder / name for name in shard_names]
+    else:
+        raise FileNotFoundError(f"{folder} has no model.safetensors")
+    state: dict[str, Any] = {}
+    for path in files:
+        state.update(load_file(str(path)))
+    return state
+
+
+def load_weights_into(model: Any, folder: str | os.PathLike) -> None:
+    """Put the weights saved in `folder` (by `save_pretrained`) back into `model`, in place (a model
+    whose parameters are whole on this process: single process, DDP, ZeRO-1/2). A PEFT model gets
+    its adapter back.
+
+    Raises:
+        FileNotFoundError: `folder` holds no weights (no adapter for a PEFT model).
+        RuntimeError: the saved weights do not match the model (tied weights left out are fine).
+    """
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if is_peft(model):
+        from peft import set_peft_model_state_dict
+
+        adapter = folder / "adapter_model.safetensors"
+        if not adapter.exists():
+            raise FileNotFoundError(f"{folder} has no adapter_model.safetensors")
+        set_peft_model_state_dict(model, load_file(str(adapter)))
+        return
+    result = model.load_state_dict(read_saved_weights(folder), strict=False)
+    # save_pretrained leaves out tied weights (e.g. lm_head = embeddings); anything else is an error.
+    tied = set()
+    for getter in ("all_tied_weights_keys", "_tied_weights_keys"):
+        keys = getattr(model, getter, None)
+        if isinstance(keys, dict):
+            tied.update(keys)
+        elif isinstance(keys, (list, tuple, set)):
+            tied.update(keys)
+    missing = [k for k in result.missing_keys if k not in tied and not k.endswith("lm_head.weight")]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(
+            f"the checkpoint in {folder} does not match the model: missing {missing[:5]}, "
+            f"unexpected {list(result.unexpected_keys)[:5]}"
+        )
 
 
 def generation_context(trainer: Any | None) -> contextlib.AbstractContextManager:

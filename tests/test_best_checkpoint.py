@@ -26,6 +26,7 @@ from ft_callbacks.best_checkpoint import (
     TMP_PREFIX,
     BestCheckpointSaver,
     CheckpointRanking,
+    CheckpointStore,
     best_checkpoint,
     checkpoint_name,
     last_complete_checkpoint,
@@ -406,7 +407,7 @@ def test_a_crash_at_any_point_of_a_save_leaves_a_valid_manifest_and_recovers(
 ):
     from types import SimpleNamespace
 
-    import ft_callbacks.best_checkpoint as bc
+    import ft_callbacks.checkpoints.store as store_module
     from ft_callbacks import toy
     from ft_callbacks.reporting import EvaluationContext
 
@@ -430,9 +431,9 @@ def test_a_crash_at_any_point_of_a_save_leaves_a_valid_manifest_and_recovers(
 
     writes = {"n": 0}
     real_write, real_fsync, real_remove, real_replace = (
-        saver._write_manifest,
-        bc._fsync_tree,
-        bc._remove_tree,
+        saver.store.write_manifest,
+        store_module._fsync_tree,
+        store_module._remove_tree,
         os.replace,
     )
 
@@ -458,9 +459,9 @@ def test_a_crash_at_any_point_of_a_save_leaves_a_valid_manifest_and_recovers(
             raise _Killed
         return real_replace(src, dst)
 
-    monkeypatch.setattr(saver, "_write_manifest", write)
-    monkeypatch.setattr(bc, "_fsync_tree", fsync)
-    monkeypatch.setattr(bc, "_remove_tree", remove)
+    monkeypatch.setattr(saver.store, "write_manifest", write)
+    monkeypatch.setattr(store_module, "_fsync_tree", fsync)
+    monkeypatch.setattr(store_module, "_remove_tree", remove)
     monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(_Killed):
         evaluate(3, 3.0)
@@ -473,8 +474,9 @@ def test_a_crash_at_any_point_of_a_save_leaves_a_valid_manifest_and_recovers(
         GPT2LMHeadModel.from_pretrained(out / name)
     # The next start cleans up whatever the crash left and agrees with the disk.
     again = BestCheckpointSaver(keep=1)
-    again.ranking.load_state_dict(again._state_from_manifest(manifest))
-    again._recover(str(out), fresh=False)
+    store = CheckpointStore(out, again.monitor, again.mode)
+    again.ranking.load_state_dict(store.state_from_manifest(manifest))
+    store.recover(again.ranking, fresh=False)
     final = _assert_manifest_matches_disk(out)
     assert final["best_step"] == (3 if crash_at in ("prune", "final") else 2)
     assert len(final["checkpoints"]) == 1
@@ -541,8 +543,9 @@ def test_sigkill_at_random_moments_leaves_a_loadable_best_and_a_valid_manifest(t
             assert model.config.n_embd == 64
         # What the next start does: unfinished saves and pending deletions are cleaned up.
         saver = BestCheckpointSaver(keep=2)
-        saver.ranking.load_state_dict(saver._state_from_manifest(manifest))
-        saver._recover(str(out), fresh=False)
+        store = CheckpointStore(out, saver.monitor, saver.mode)
+        saver.ranking.load_state_dict(store.state_from_manifest(manifest))
+        store.recover(saver.ranking, fresh=False)
         _assert_manifest_matches_disk(out)
     print(f"{cut_off} of {KILL_REPEATS} kills landed inside a save")
 

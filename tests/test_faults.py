@@ -18,7 +18,6 @@ import torch
 import wandb
 from transformers import GPT2LMHeadModel, TrainerCallback
 
-import ft_callbacks.best_checkpoint as bc
 from ft_callbacks import BestCheckpointSaver, ConfigurationError, GenerationScorer, OverfitGuard
 from ft_callbacks.best_checkpoint import MANIFEST, TMP_PREFIX, best_checkpoint, read_manifest
 
@@ -231,7 +230,7 @@ def _fill_disk_at(monkeypatch, where: str, steps: set[int]) -> list[str]:
 
         monkeypatch.setattr(mu, "safe_save_file", save_file)
     else:
-        real_dump = bc.json.dump
+        real_dump = json.dump
 
         def dump(payload, fp, *args, **kwargs):
             name = os.path.basename(getattr(fp, "name", ""))
@@ -244,7 +243,7 @@ def _fill_disk_at(monkeypatch, where: str, steps: set[int]) -> list[str]:
                 raise _enospc(fp.name)
             return real_dump(payload, fp, *args, **kwargs)
 
-        monkeypatch.setattr(bc.json, "dump", dump)
+        monkeypatch.setattr(json, "dump", dump)
     return hits
 
 

@@ -123,9 +123,9 @@ def main() -> None:
         phase("generate", CURRENT_STEP[0])
         return generate(model, *args, **kwargs)
 
-    def marked_write_checkpoint(ctx, out, step, value, *weights):
+    def marked_write_checkpoint(ctx, step, value, *weights):
         phase("best_save", step)
-        return write_checkpoint(ctx, out, step, value, *weights)
+        return write_checkpoint(ctx, step, value, *weights)
 
     scorer.generate = marked_generate  # instance attributes: the classes (and their state names) are untouched
     saver._write_checkpoint = marked_write_checkpoint

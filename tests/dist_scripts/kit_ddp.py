@@ -107,9 +107,9 @@ def build_kit(tokenizer_dir: str, out_dir: Path, monitor: str, background: bool 
     saver = BestCheckpointSaver(monitor=monitor, keep=100, load_best_at_end=load_best)
     write = saver._write_checkpoint
 
-    def counting_write(ctx, out, step, value, *weights):
+    def counting_write(ctx, step, value, *weights):
         probes["checkpoint_writes"].append(step)
-        return write(ctx, out, step, value, *weights)
+        return write(ctx, step, value, *weights)
 
     saver._write_checkpoint = counting_write
     guard = OverfitGuard(patience=2, **guard_options)
