@@ -1,69 +1,43 @@
 """GenerationScorer: the model generates from fixed prompts every so often; ROUGE, BLEU, BERTScore
 (and label metrics for generative classification) score the text against references.
 
-Generation is real (`model.generate`, KV cache, greedy unless told otherwise; under a Seq2SeqTrainer
-with the Trainer's own generation settings, and its own predictions reused where it made them), batched
-by prompt length. Prompts are tokenised once and padded here (left for decoder-only models), so the user's
-tokenizer is never switched to another padding side. Under several processes each rank generates a
-shard of the prompts, the texts are gathered and rank 0 scores them once. Text scoring (CPU work)
-runs in a background thread while training goes on, and rank 0 logs the results at the step they
-belong to; when a monitor needs the score at that very evaluation, scoring is synchronous and rank 0
-broadcasts the numbers, so every rank acts on the same metrics. The background queue is bounded and its
-thread is a daemon: Ctrl-C, a scoring_timeout or the end of the script never waits for queued rounds.
+The callback owns the rounds (when to run one, the step-0 baseline, deltas against it, the samples
+tables, the state kept across a resume) and publishes through the one reporting path. The work is done
+by the pieces in `ft_callbacks.generation`: `PromptSet` (the prompts, checked, sampled, encoded and fitted
+to the context), `generate_sharded`/`generate_batched` (real `model.generate`, batched by length, left
+padding for decoder-only models, each rank a share, texts gathered; a Seq2SeqTrainer's own settings and
+predictions followed) and `ScoringQueue` (text scoring on a bounded daemon thread while training goes on).
+Rank 0 scores; when a monitor needs the score at that very evaluation, scoring is synchronous and rank 0
+broadcasts the numbers, so every rank acts on the same metrics.
 """
 
 from __future__ import annotations
 
-import atexit
-import copy
-import math
-import numbers
+import functools
 import os
-import queue
-import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from transformers import GenerationConfig
 
 from ._compat import processing_class, unwrap_model
 from .base import ConfigurationError, FtCallback, _Hub, require_evaluations
-from .core.label_metrics import compute_label_metrics, match_label_texts
 from .core.modes import normalize_metric_name
-from .core.text_scores import KNOWN_METRICS, TextScorer
-from .distributed import all_gather_objects, broadcast_from_main, is_distributed, rank, world_size
-from .engines import find_trainer, generation_context, sharded_engine
+from .distributed import broadcast_from_main, is_distributed
+from .engines import find_trainer
+from .generation.prompt_set import PromptSet, model_context
+from .generation.reference_scores import LABEL_KEYS, METRIC_KEYS, ReferenceScorer
+from .generation.scoring_queue import MAX_QUEUED_ROUNDS, QueuedRound, ScoringQueue
+from .generation.sharded_generate import GenerationFailed, ShardedGenerator, check_can_generate, generate_sharded
 from .records import read_json, write_record
 from .reporting import EvaluationContext, _print, notice_once, publish
 
 STATE_DIR = "ft_callbacks"
-
-# The corpus-level keys each built-in text metric produces.
-METRIC_KEYS: dict[str, tuple[str, ...]] = {
-    "rouge": ("rouge1", "rouge2", "rougeL", "rougeLsum"),
-    "bleu": ("bleu",),
-    "chrf": ("chrf",),
-    "bertscore": ("bertscore_precision", "bertscore_recall", "bertscore_f1"),
-    "exact_match": ("exact_match",),
-}
-LABEL_KEYS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "f1_macro", "invalid_rate")
 # Which per-sample score ranks samples for the "lowest k" table, in order of preference.
 _RANKING_SCORES = ("rougeL", "bertscore_f1", "chrf", "exact_match")
-# Background rounds queued or being scored at most. When scoring is slower than evaluations come,
-# an unbounded queue grows without end and outlives the run; past this, training waits for the oldest.
-MAX_QUEUED_ROUNDS = 2
-# Seconds the interpreter's exit waits for a scorer told to stop (BERTScore stops at its next batch).
-_EXIT_GRACE_S = 2.0
-
-
-class GenerationFailed(RuntimeError):
-    """Generation raised on at least one rank; every rank gets this after the gather, and skips the round."""
 
 
 class GenerationScorer(FtCallback):
@@ -147,148 +121,79 @@ class GenerationScorer(FtCallback):
         scorer_options: dict[str, Any] | None = None,
         scoring_timeout: float = 600.0,
     ) -> None:
-        metrics = _metric_list(metrics)
-        self._init_args = {"num_samples": num_samples, "seed": seed, "metrics": [str(m) for m in metrics]}
-        if prompts is None and dataset is None:
+        if not (isinstance(background, bool) or (isinstance(background, str) and background == "auto")):
             raise ConfigurationError(
-                "GenerationScorer needs prompts: pass prompts=[...] and references=[...], or dataset= with "
-                f"{prompt_column!r}/{reference_column!r} columns (or tokenised input_ids and labels)."
+                f"background={background!r} is not valid: use True (score in a thread), False (score at the "
+                "evaluation) or 'auto'."
             )
-        if prompts is not None and dataset is not None:
-            raise ConfigurationError("Pass either prompts=/references= or dataset=, not both.")
-        _check_options(
-            background=background, baseline=baseline, chat_template=chat_template, seed=seed,
-            scoring_timeout=scoring_timeout, generation_config=generation_config, scorer_options=scorer_options,
-            label_names=label_names, prompt_column=prompt_column, reference_column=reference_column,
+        if not isinstance(baseline, bool):
+            raise ConfigurationError(f"baseline={baseline!r} is not valid: use True or False.")
+        self._scoring = ReferenceScorer(
+            metrics, label_names=label_names, positive_label=positive_label, scorer_options=scorer_options
+        )
+        self._init_args = {"num_samples": num_samples, "seed": seed, "metrics": [str(m) for m in self.metrics]}
+        self._prompts = PromptSet(
+            prompts, references, dataset=dataset, prompt_column=prompt_column, reference_column=reference_column,
+            num_samples=num_samples, seed=seed, chat_template=chat_template,
         )  # fmt: skip
-        if prompts is not None:
-            prompts = _list_of("prompts", prompts, "prompts=['Once upon a time', ...]")
-            if references is None:
-                raise ConfigurationError("prompts= needs references= (one reference, or a list of them, per prompt).")
-            references = _list_of("references", references, "references=['the expected text', ...]")
-            if not prompts:
-                raise ConfigurationError("prompts= is empty: give at least one prompt.")
-            if len(prompts) != len(references):
-                raise ConfigurationError(
-                    f"prompts has {len(prompts)} items but references has {len(references)}: give one reference "
-                    "(or one list of references) per prompt."
-                )
-            for i, prompt in enumerate(prompts):
-                _check_prompt(prompt, f"prompts[{i}]")
-            for i, reference in enumerate(references):
-                _check_reference(reference, f"references[{i}]")
-        if dataset is not None:
-            dataset = _as_dataset(dataset)
-            _check_dataset(dataset, prompt_column, reference_column)
-        for name, value, low in (("batch_size", batch_size, 1), ("every_n_evals", every_n_evals, 1),
-                                 ("num_lowest", num_lowest, 0), ("max_table_rows", max_table_rows, 0)):
+        self._queue = ScoringQueue("GenerationScorer", scoring_timeout, wait_at_exit=lambda: self._scoring.runs_native)
+        self._generator = ShardedGenerator(generation_config, max_new_tokens, batch_size, "GenerationScorer")
+        for name, value, low in (("every_n_evals", every_n_evals, 1), ("num_lowest", num_lowest, 0),
+                                 ("max_table_rows", max_table_rows, 0)):  # fmt: skip
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigurationError(f"{name}={value!r} is not valid: use an integer >= {low}.")
-        for name, value in (("num_samples", num_samples), ("every_n_steps", every_n_steps),
-                            ("max_new_tokens", max_new_tokens)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigurationError(f"{name}={value!r} is not valid: use a positive integer or None.")
-        if label_names is None and not metrics:
-            raise ConfigurationError("metrics is empty: name at least one, e.g. ('rouge', 'bleu').")
-        for metric in metrics:
-            if not (callable(metric) or isinstance(metric, str)):
-                raise ConfigurationError(
-                    f"metrics entry {metric!r} is not valid. Built in: {list(KNOWN_METRICS)}; also accepted: a name "
-                    "or path that evaluate.load() accepts, or a callable (predictions, references) -> dict."
-                )
-        self.label_names = [str(n) for n in label_names] if label_names is not None else None
-        if self.label_names is not None and references is not None:
-            self._check_label_references(references)
-        self.positive_label = positive_label
-        self.metrics = metrics
-        self.dataset = dataset
-        self.prompt_column = prompt_column
-        self.reference_column = reference_column
-        self.num_samples = num_samples
-        self.seed = seed
-        self.max_new_tokens = max_new_tokens
-        self.generation_config = generation_config
-        self.batch_size = batch_size
+        if every_n_steps is not None and (isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int)
+                                          or every_n_steps < 1):  # fmt: skip
+            raise ConfigurationError(f"every_n_steps={every_n_steps!r} is not valid: use a positive integer or None.")
+        if self._prompts.raw_references is not None:
+            self._scoring.check_labels(self._prompts.raw_references)
+            # Built now so a bad option or a missing backend fails at construction.
+            self._scoring.set_references(self._prompts.sampled_references() or [])
+        self._scoring.load_metrics()  # an evaluate name that does not load fails now, not at every round
         self.every_n_evals = every_n_evals
         self.every_n_steps = every_n_steps
         self.baseline = baseline
-        self.chat_template = chat_template
         self.background = background
         self.num_lowest = num_lowest
         self.max_table_rows = max_table_rows
-        self.scorer_options = dict(scorer_options or {})
-        self.scoring_timeout = float(scoring_timeout)
-        self._raw_prompts = prompts
-        self._raw_references = references
-        self.scorer: TextScorer | None = None
-        if metrics and references is not None and self.label_names is None:
-            # Built now so a bad option or a missing backend fails at construction.
-            self.scorer = self._build_scorer(self._sample(list(references))[1])
-            self.scorer.load_metrics()  # an evaluate name that does not load fails now, not at every round
-        elif metrics and self.label_names is None:
-            # References come from the dataset (decoded with the tokenizer later): check the evaluate names now.
-            names = [m for m in metrics if isinstance(m, str) and m not in KNOWN_METRICS]
-            if names:
-                TextScorer(names).load_metrics()
         self.baseline_scores: dict[str, float] | None = None
         self.history: list[dict[str, Any]] = []  # per round: step and corpus scores
         self.table_rows: list[list[Any]] = []
-        self._restored: dict[str, Any] | None = None
-        self._prompt_ids: list[list[int]] | None = None
-        self._prompt_texts: list[str] = []
-        self._references: list[Any] = []
-        self._evals_seen = 0
-        self._worker: _ScoringWorker | None = None
-        self._trainer: Any = None  # the Trainer running us (found at train begin)
-        self._args: Any = None  # its TrainingArguments (a Seq2SeqTrainer's generation settings are followed)
-        self._trainer_generation: GenerationConfig | None = None  # Seq2SeqTrainingArguments.generation_config
-        # Reusing a Seq2SeqTrainer's own predictions (predict_with_generate=True): the hook on its
-        # prediction_step, the prompt ids it looks for, and the texts it found in this evaluation.
-        self._capture_hook: tuple[Any, Callable] | None = None
-        self._prompt_index: dict[tuple[int, ...], list[int]] = {}
-        self._captured: dict[int, str] = {}
-        self._capture_tokenizer: Any = None
         self.reused_last_round = 0  # texts of the latest round taken from the Trainer's predictions
-        # Background rounds in order: step, prefix, scoring, texts, is_baseline.
-        self._pending: list[tuple[int, str, Future, list[str], bool]] = []
+        self.decoder_only = True  # known once the model is seen
+        self._restored: dict[str, Any] | None = None
+        self._evals_seen = 0
         self._lock = threading.Lock()
         self._sync = background is False
         self._signatures: dict[str, str] = {}
 
-    # -- configuration helpers ---------------------------------------------------------------
-    def _check_label_references(self, references: Sequence[Any]) -> None:
-        names = self.label_names or []
-        ids = match_label_texts([str(r) for r in references], names)
-        bad = [r for r, i in zip(references, ids, strict=False) if i >= len(names)]
-        if bad:
-            raise ConfigurationError(
-                f"With label_names={names}, every reference must be one of the label names; these are not: "
-                f"{bad[:5]}."
-            )
-
-    def _sample(self, items: list[Any]) -> tuple[list[int], list[Any]]:
-        n = len(items)
-        if self.num_samples is None or self.num_samples >= n:
-            indices = list(range(n))
-        else:
-            indices = sorted(random.Random(self.seed).sample(range(n), self.num_samples))
-        return indices, [items[i] for i in indices]
-
-    def _build_scorer(self, references: list[Any]) -> TextScorer:
-        try:
-            return TextScorer(self.metrics, references=references, **self.scorer_options)
-        except TypeError as exc:
-            raise ConfigurationError(f"scorer_options={self.scorer_options!r} is not valid: {exc}") from None
+    # Options kept by the pieces that use them: the scoring's, the prompts', the generation's, the queue's.
+    metrics = property(lambda self: self._scoring.metrics)
+    label_names = property(lambda self: self._scoring.label_names)
+    positive_label = property(lambda self: self._scoring.positive_label)
+    scorer_options = property(lambda self: self._scoring.scorer_options)
+    scorer = property(lambda self: self._scoring.text_scorer)
+    dataset = property(lambda self: self._prompts.dataset)
+    prompt_column = property(lambda self: self._prompts.prompt_column)
+    reference_column = property(lambda self: self._prompts.reference_column)
+    num_samples = property(lambda self: self._prompts.num_samples)
+    seed = property(lambda self: self._prompts.seed)
+    chat_template = property(lambda self: self._prompts.chat_template)
+    generation_config = property(lambda self: self._generator.generation_config)
+    max_new_tokens = property(lambda self: self._generator.max_new_tokens)
+    batch_size = property(lambda self: self._generator.batch_size)
+    scoring_timeout = property(lambda self: self._queue.scoring_timeout)
+    _raw_prompts = property(lambda self: self._prompts.raw_prompts)
+    _raw_references = property(lambda self: self._prompts.raw_references)
+    _prompt_ids = property(lambda self: self._prompts.prompt_ids)
+    _prompt_texts = property(lambda self: self._prompts.prompt_texts)
+    _references = property(lambda self: self._prompts.references)
+    _pending = property(lambda self: self._queue.pending)
 
     console_label = "generation"
 
     def produces(self) -> set[str]:
-        names: set[str] = set()
-        for metric in self.metrics:
-            if isinstance(metric, str):
-                names.update(METRIC_KEYS.get(metric, ()))
-        if self.label_names is not None:
-            names.update(LABEL_KEYS)
+        names = self._scoring.produces()
         return names | {f"{n}_delta" for n in names}
 
     # -- state (kept in the Trainer's checkpoints by the base, restored in place on resume) ---------
@@ -320,15 +225,15 @@ class GenerationScorer(FtCallback):
             alternative = ", or GenerationScorer(every_n_steps=N)"
             require_evaluations(args, "GenerationScorer", "scores at evaluations", alternative)
         # Rounds still queued from an earlier train() that was interrupted (a notebook's Ctrl-C) are stale.
-        self._drop_pending(state, "left over from an earlier, interrupted train()")
+        self._queue.drop("left over from an earlier, interrupted train()", announce=state.is_world_process_zero)
         model = kwargs.get("model")
         tokenizer = processing_class(kwargs)
-        self._trainer = find_trainer(self)  # FSDP1 generates inside its wrapper's gather
-        self._args = args
-        self._trainer_generation = _args_generation_config(args, self._trainer)
+        self._generator.bind(find_trainer(self), args)  # FSDP1 generates inside its wrapper's gather
         self._prepare(model, tokenizer)
-        self._install_capture(tokenizer)
-        self._announce_generation(args, state)
+        self._generator.install_capture(self._prompt_ids, tokenizer, self.decoder_only)
+        following = self._generator.describe()  # under a Seq2SeqTrainer: whose settings, and reused texts
+        if following and state.is_world_process_zero and self._prompt_ids is not None:
+            notice_once("gen:follow", following)
         self._sync = not self._background_pays(model)
         if state.global_step > 0:
             # `_restored`: set by a Trainer that rebuilt us from a checkpoint of an earlier version.
@@ -375,9 +280,8 @@ class GenerationScorer(FtCallback):
                 )
 
     def _background_pays(self, model: Any) -> bool:
-        """Whether scoring in a thread can overlap training: only with spare CPU. Measured on 2 busy
-        cores, a scoring thread beside a 2-thread torch training slowed every step about as much as
-        it saved (benchmarks/bench_generation_scorer.py, bench_kit_overhead.py)."""
+        """Whether scoring in a thread can overlap training: only with spare CPU. On busy cores a scoring
+        thread beside torch's training threads slows every step about as much as it saves."""
         if self.background != "auto":
             return bool(self.background)
         try:
@@ -389,275 +293,17 @@ class GenerationScorer(FtCallback):
     def _prepare(self, model: Any, tokenizer: Any) -> None:
         if model is None:
             return
+        check_can_generate(model, tokenizer, "GenerationScorer")
         base = unwrap_model(model)
-        if not hasattr(base, "generate") or (hasattr(base, "can_generate") and not base.can_generate()):
-            raise ConfigurationError(
-                f"GenerationScorer needs a model that can generate text; {type(base).__name__} cannot. Use a "
-                "causal-LM or encoder-decoder model, or LabelScorer for a classification head."
-            )
-        if tokenizer is None or not hasattr(tokenizer, "batch_decode"):
-            raise ConfigurationError(
-                "GenerationScorer needs the tokenizer: pass processing_class=tokenizer to the Trainer."
-            )
-        if tokenizer.pad_token_id is None and tokenizer.eos_token_id is None:
-            raise ConfigurationError(
-                "The tokenizer has neither a pad token nor an EOS token; set tokenizer.pad_token before training."
-            )
         self.decoder_only = not getattr(base.config, "is_encoder_decoder", False)
-        prompts, references = self._load_source(tokenizer)
-        if not prompts:
-            raise ConfigurationError("GenerationScorer found no prompts in the dataset; check the columns.")
-        indices, prompts = self._sample(prompts)
-        references = [references[i] for i in indices]
-        if self.label_names is not None:
-            self._check_label_references(references)
-        self._references = references
-        self._prompt_ids = [self._encode(tokenizer, p) for p in prompts]
-        self._prompt_texts = [
-            p if isinstance(p, str) else tokenizer.decode(self._prompt_ids[i], skip_special_tokens=True)
-            for i, p in enumerate(prompts)
-        ]
-        empty = [i for i, ids in enumerate(self._prompt_ids) if not ids]
-        if empty:  # generate() fails on them with an IndexError, or a padding hint that does not apply
-            raise ConfigurationError(
-                f"{len(empty)} prompt(s) have no tokens after tokenisation (e.g. {self._prompt_texts[empty[0]]!r}): "
-                "the model needs at least one token to continue. Give each prompt text the tokenizer keeps, or "
-                "drop the empty examples from the dataset."
-            )
-        self._limit_prompt_lengths(base, tokenizer)
-        self._prompt_index = {}
-        for i, ids in enumerate(self._prompt_ids):
-            self._prompt_index.setdefault(tuple(ids), []).append(i)
-        if self.metrics and self.label_names is None and (self.scorer is None or self.dataset is not None):
-            self.scorer = self._build_scorer(references)
-
-    def _load_source(self, tokenizer: Any) -> tuple[list[Any], list[Any]]:
-        if self._raw_prompts is not None:
-            return list(self._raw_prompts), list(self._raw_references or [])
-        data = self.dataset
-        columns = list(getattr(data, "column_names", None) or (data[0].keys() if len(data) else []))
-        if self.prompt_column in columns and self.reference_column in columns:
-            prompts, references = _columns(data, self.prompt_column, self.reference_column)
-            return prompts, references
-        if "input_ids" in columns and "labels" in columns:
-            prompts, references = [], []
-            for row in data:
-                ids, labels = list(row["input_ids"]), list(row["labels"])
-                if self.decoder_only:
-                    start = next((i for i, lab in enumerate(labels) if lab != -100), None)
-                    if not start:  # no prompt part (label on every token): nothing to condition on
-                        continue
-                    prompts.append(ids[:start])
-                    targets = [t for t, lab in zip(ids, labels, strict=False) if lab != -100]
-                else:
-                    prompts.append(ids)
-                    targets = [t for t in labels if t != -100]
-                references.append(tokenizer.decode(targets, skip_special_tokens=True))
-            if not prompts:
-                raise ConfigurationError(
-                    "dataset has input_ids/labels but no example marks a prompt with label -100 at its start; "
-                    "mask the prompt tokens' labels, or pass prompts=/references= explicitly."
-                )
-            return prompts, references
-        raise ConfigurationError(
-            f"dataset has columns {columns}: GenerationScorer needs {self.prompt_column!r} and "
-            f"{self.reference_column!r} (set prompt_column=/reference_column=), or input_ids and labels."
-        )
-
-    def _encode(self, tokenizer: Any, prompt: Any) -> list[int]:
-        if isinstance(prompt, (list, tuple)) and (not prompt or isinstance(prompt[0], numbers.Integral)):
-            return [int(t) for t in prompt]
-        messages = prompt if isinstance(prompt, (list, tuple)) else None
-        if messages is None and self.chat_template:
-            messages = [{"role": "user", "content": str(prompt)}]
-        if messages is not None:
-            if not getattr(tokenizer, "chat_template", None):
-                raise ConfigurationError(
-                    "A chat prompt needs a tokenizer with a chat template (tokenizer.chat_template is empty); set "
-                    "one, or pass plain text prompts with chat_template=False."
-                )
-            out = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
-            ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
-            return [int(t) for t in ids]
-        return [int(t) for t in tokenizer(str(prompt))["input_ids"]]
-
-    def _limit_prompt_lengths(self, base: Any, tokenizer: Any) -> None:
-        config = base.config
-        context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-        if context is None:
-            limit = getattr(tokenizer, "model_max_length", None)
-            context = limit if limit and limit < 1_000_000 else None
-        if context is None:
-            return
-        budget = context - (self._new_tokens(base) if self.decoder_only else 0)
-        if budget < 1:
-            raise ConfigurationError(
-                f"max_new_tokens={self._new_tokens(base)} leaves no room for a prompt in the model's context of "
-                f"{context} tokens; lower max_new_tokens."
-            )
-        long = [i for i, ids in enumerate(self._prompt_ids or []) if len(ids) > budget]
-        for i in long:
-            self._prompt_ids[i] = self._prompt_ids[i][-budget:]  # keep the end: the part next to the answer
-        if long:
-            notice_once(
-                "gen:truncate",
-                f"GenerationScorer: {len(long)} prompt(s) longer than {budget} tokens (context {context} minus "
-                "max_new_tokens) were truncated from the left.",
-            )
-
-    def _new_tokens(self, base: Any) -> int:
-        """New tokens a round may generate, for the prompt budget (0 when only a total max_length bounds it)."""
-        return int(self._settings(base).max_new_tokens or 0)
+        new_tokens = int(self._settings(base).max_new_tokens or 0)  # 0 when only a total max_length bounds it
+        self._prompts.prepare(tokenizer, self.decoder_only, model_context(base.config, tokenizer), new_tokens)
+        self._scoring.set_references(self._references)
 
     # -- generation ------------------------------------------------------------------------------
-    def _follows_trainer(self) -> bool:
-        """Under Seq2SeqTrainingArguments the Trainer has generation settings of its own (generation_max_length,
-        generation_num_beams, generation_config, the model's generation_config); our texts follow them, so they
-        are the texts the script's own predictions are."""
-        return _is_seq2seq_args(self._args)
-
     def _settings(self, base: Any) -> GenerationConfig:
-        """The generation settings, before the tokenizer's fill-ins. Unset fields are filled by `generate()`
-        from the model's generation_config, as for the Trainer's own generation.
-
-        Under a Seq2SeqTrainer: its settings (what `Seq2SeqTrainer.prediction_step` passes to `generate`).
-        Otherwise: greedy, 64 new tokens. Then the user's `generation_config` fields and `max_new_tokens`
-        override either."""
-        following = self._follows_trainer()
-        if following:
-            args = self._args
-            config = copy.deepcopy(self._trainer_generation) if self._trainer_generation else GenerationConfig()
-            if args.generation_max_length is not None:
-                config.max_length = args.generation_max_length
-            if args.generation_num_beams is not None:
-                config.num_beams = args.generation_num_beams
-        else:
-            config = GenerationConfig(do_sample=False, num_beams=1)
-        if self.generation_config is not None:
-            overrides = self.generation_config.to_diff_dict()
-            overrides.pop("transformers_version", None)
-            config.update(**overrides)
-        if self.max_new_tokens is not None:
-            config.max_new_tokens = self.max_new_tokens
-        elif not following and config.max_new_tokens is None and config.max_length is None:
-            config.max_new_tokens = 64
-        return config
-
-    def _generation_config(self, base: Any, tokenizer: Any) -> GenerationConfig:
-        config = self._settings(base)
-        following = self._follows_trainer()
-        model_config = getattr(base, "generation_config", None)
-
-        def unset(name: str) -> bool:  # when following, the model's generation_config has the say
-            return getattr(config, name, None) is None and (
-                not following or getattr(model_config, name, None) is None
-            )
-
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if not following or unset("pad_token_id"):
-            config.pad_token_id = pad
-        if unset("eos_token_id"):
-            config.eos_token_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else None
-        if getattr(base.config, "is_encoder_decoder", False) and unset("decoder_start_token_id"):
-            start = getattr(base.config, "decoder_start_token_id", None)
-            config.decoder_start_token_id = start if start is not None else pad
-        config.use_cache = True
-        return config
-
-    def _announce_generation(self, args: Any, state: Any) -> None:
-        """Under a Seq2SeqTrainer, say once which settings the generations follow (and whether they are reused)."""
-        if not self._follows_trainer() or not state.is_world_process_zero or self._prompt_ids is None:
-            return
-        followed = [f"{name}={getattr(args, name)}" for name in ("generation_max_length", "generation_num_beams")
-                    if getattr(args, name, None) is not None]  # fmt: skip
-        own = [f"{k}={v}" for k, v in (("max_new_tokens", self.max_new_tokens),) if v is not None]
-        if self.generation_config is not None:
-            own.append("generation_config")
-        line = (
-            "GenerationScorer generates as the Seq2SeqTrainer does: "
-            + ", ".join([*followed, "the model's generation_config"])
-            + (f", overridden by GenerationScorer's {', '.join(own)}" if own else "")
-        )
-        settings = self._settings(None)
-        if settings.max_new_tokens is None and settings.max_length is None:
-            model_config = getattr(unwrap_model(getattr(self._trainer, "model", None)), "generation_config", None)
-            if getattr(model_config, "max_new_tokens", None) is None and getattr(model_config, "max_length", 20) == 20:
-                line += " (max_length is transformers' default 20 tokens: set generation_max_length= for longer texts)"
-        if self._capture_hook is not None:
-            line += "; with predict_with_generate=True its own predictions for these prompts are reused"
-        notice_once("gen:follow", line + ".")
-
-    # -- reusing a Seq2SeqTrainer's predictions ----------------------------------------------------
-    def _install_capture(self, tokenizer: Any) -> None:
-        """With predict_with_generate=True a Seq2SeqTrainer generates for every eval example already. When our
-        prompts are among them (found by their token ids) and the settings are the Trainer's own, we take its
-        texts instead of generating them again: wrap this Trainer instance's prediction_step, which returns
-        the generated ids next to the inputs they came from (no callback event carries them)."""
-        self._remove_capture()
-        trainer = self._trainer
-        if (
-            trainer is None or not self._follows_trainer() or not getattr(self._args, "predict_with_generate", False)
-            or self.decoder_only  # its decoder-only outputs hold the (right-padded) prompt: not comparable
-            or self.generation_config is not None or self.max_new_tokens is not None  # other settings than its own
-            or not hasattr(trainer, "prediction_step") or self._prompt_ids is None
-        ):  # fmt: skip
-            return
-        original = trainer.prediction_step
-
-        def prediction_step(model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
-            output = original(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
-            if not prediction_loss_only and not gen_kwargs:
-                try:
-                    self._capture(trainer, inputs, output[1] if isinstance(output, tuple) else None)
-                except Exception:  # an optimisation only: what is not found is generated by us
-                    pass
-            return output
-
-        trainer.prediction_step = prediction_step
-        self._capture_hook = (trainer, prediction_step)
-        self._capture_tokenizer = tokenizer
-        self._captured = {}
-
-    def _remove_capture(self) -> None:
-        if self._capture_hook is not None:
-            trainer, hook = self._capture_hook
-            if trainer.__dict__.get("prediction_step") is hook:
-                del trainer.prediction_step
-        self._capture_hook = None
-        self._captured = {}
-
-    def _capture(self, trainer: Any, inputs: Any, generated: Any) -> None:
-        """Keep the Trainer's generated text of every batch row whose input ids are one of our prompts."""
-        args = self._args
-        expected = {k: v for k, v in (("max_length", args.generation_max_length),
-                                      ("num_beams", args.generation_num_beams)) if v is not None}  # fmt: skip
-        used = {k: v for k, v in (getattr(trainer, "_gen_kwargs", None) or {}).items() if v is not None}
-        if not torch.is_tensor(generated) or used != expected:  # evaluate(num_beams=...) by hand: not ours
-            return
-        ids, mask = inputs.get("input_ids"), inputs.get("attention_mask")
-        if not torch.is_tensor(ids) or not torch.is_tensor(mask) or generated.shape[0] != ids.shape[0]:
-            return
-        hits: list[tuple[int, list[int]]] = []
-        for row, (seq, keep) in enumerate(zip(ids.tolist(), mask.tolist(), strict=True)):
-            found = self._prompt_index.get(tuple(t for t, m in zip(seq, keep, strict=True) if m))
-            if found:
-                hits.append((row, found))
-        if not hits:
-            return
-        texts = self._capture_tokenizer.batch_decode(generated[[row for row, _ in hits]], skip_special_tokens=True)
-        for (_, found), text in zip(hits, texts, strict=True):
-            for i in found:
-                self._captured[i] = text.strip()
-
-    def _take_captured(self) -> dict[int, str] | None:
-        """This evaluation's captured texts, merged across ranks (each saw its shard of the eval set)."""
-        if self._capture_hook is None:
-            return None
-        mine, self._captured = self._captured, {}
-        merged: dict[int, str] = {}
-        for part in all_gather_objects(mine):
-            merged.update(part)
-        return merged
+        """The generation settings before the tokenizer's fill-ins (see `generation_settings`)."""
+        return self._generator.settings()
 
     def generate(
         self, model: Any, tokenizer: Any, args: Any = None, show_progress: bool = True,
@@ -667,106 +313,25 @@ class GenerationScorer(FtCallback):
         or raises the first error any rank met (on every rank). `known`: texts already generated (the
         same on every rank), by prompt index; only the others are generated."""
         assert self._prompt_ids is not None
-        known = known or {}
-        n, size, me = len(self._prompt_ids), world_size(), rank()
-        todo = [i for i in range(n) if i not in known]
-        mine = todo[me::size]
-        per_rank = math.ceil(len(todo) / size)
-        # Equal call counts on every rank: collective generation (ZeRO-3, FSDP) hangs otherwise.
-        padded = mine + [mine[0] if mine else (todo[0] if todo else 0)] * (per_rank - len(mine))
-        error: str | None = None
-        texts: dict[int, str] = {}
-        try:
-            if padded:
-                texts = self._generate_indices(model, tokenizer, padded, len(mine), args, show_progress)
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-        gathered = all_gather_objects((texts, error))
-        errors = [e for _, e in gathered if e]
-        if errors:
-            raise GenerationFailed(errors[0])
-        out: list[str | None] = [None] * n
-        for i, text in known.items():
-            out[int(i)] = text
-        for shard, _ in gathered:
-            for i, text in shard.items():
-                out[int(i)] = text
-        return out
+
+        def this_rank(indices: list[int], keep: int) -> dict[int, str]:
+            return self._generate_indices(model, tokenizer, indices, keep, args, show_progress)
+
+        return generate_sharded(len(self._prompt_ids), this_rank, known)
 
     def _generate_indices(
         self, model: Any, tokenizer: Any, indices: list[int], keep: int, args: Any, show_progress: bool
     ) -> dict[int, str]:
-        gen_model = model.module if hasattr(model, "module") and not hasattr(model, "config") else model
-        base = unwrap_model(model)
-        config = self._generation_config(base, tokenizer)
-        pad_id = config.pad_token_id  # masked out: any id will do, but one the model knows
-        if pad_id is None:
-            pad_id = getattr(getattr(base, "generation_config", None), "pad_token_id", None)
-        if pad_id is None:
-            pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        device = next(base.parameters()).device
-        synced = sharded_engine(base, self._trainer) is not None  # every rank joins each forward
-        positions = sorted(range(len(indices)), key=lambda k: len(self._prompt_ids[indices[k]]))
-        batches = [positions[i : i + self.batch_size] for i in range(0, len(positions), self.batch_size)]
-        progress = None
-        if show_progress and rank() == 0 and not getattr(args, "disable_tqdm", False) and batches:
-            from tqdm.auto import tqdm
-
-            progress = tqdm(total=len(batches), desc="GenerationScorer: generating", leave=False, dynamic_ncols=True)
-        was_training = gen_model.training
-        gen_model.eval()
-        results: dict[int, str] = {}
-        try:
-            with torch.no_grad(), generation_context(self._trainer):
-                for batch in batches:
-                    seqs = [self._prompt_ids[indices[k]] for k in batch]
-                    input_ids, mask = _pad(seqs, pad_id, left=self.decoder_only)
-                    output = gen_model.generate(
-                        input_ids=input_ids.to(device),
-                        attention_mask=mask.to(device),
-                        generation_config=config,
-                        synced_gpus=synced,
-                    )
-                    new = output[:, input_ids.shape[1] :] if self.decoder_only else output
-                    decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
-                    for k, text in zip(batch, decoded, strict=False):
-                        if k < keep:
-                            results[indices[k]] = text.strip()
-                    if progress is not None:
-                        progress.update(1)
-        finally:
-            gen_model.train(was_training)
-            if progress is not None:
-                progress.close()
-        return results
+        """This rank's texts of the first `keep` of `indices` (the rest only even out the calls across ranks)."""
+        show_progress = show_progress and not getattr(args, "disable_tqdm", False)
+        texts = self._generator.generate(model, tokenizer, [self._prompt_ids[i] for i in indices], show_progress)
+        return {indices[k]: texts[k] for k in range(keep)}
 
     # -- scoring ---------------------------------------------------------------------------------
     def score(self, generations: list[str], stop: threading.Event | None = None) -> dict[str, Any]:
         """Scores of one round (rank 0's work): corpus values, per-sample values, signatures. `stop`: once
         set, the text scorer gives up at its next batch (a background round that was dropped)."""
-        corpus: dict[str, float] = {}
-        per_sample: dict[str, list[float]] = {}
-        signatures: dict[str, str] = {}
-        if self.scorer is not None:
-            scores = self.scorer.score(generations, stop=stop)
-            corpus.update({k: float(v) for k, v in scores.corpus.items()})
-            per_sample.update({k: [float(x) for x in v] for k, v in scores.per_sample.items()})
-            signatures.update(scores.signatures)
-        if self.label_names is not None:
-            names = self.label_names
-            truth = match_label_texts([str(r) for r in self._references], names)
-            predicted = match_label_texts(generations, names)
-            report = compute_label_metrics(
-                np.asarray(truth), predictions=np.asarray(predicted), label_names=names,
-                positive_label=self.positive_label,
-            )  # fmt: skip
-            for key in LABEL_KEYS:
-                if key in report.scalars:
-                    corpus[key] = float(report.scalars[key])
-            corpus.setdefault("invalid_rate", float(np.mean(np.asarray(predicted) >= len(names))))
-            per_sample["label_correct"] = [float(p == t) for p, t in zip(predicted, truth, strict=False)]
-            per_sample["label_answer"] = [names[p] if p < len(names) else "invalid" for p in predicted]  # type: ignore[misc]
-        return {"corpus": corpus, "per_sample": per_sample, "signatures": signatures}
+        return self._scoring.score(generations, stop=stop)
 
     def _run_round(
         self, args: Any, state: Any, model: Any, tokenizer: Any, ctx: EvaluationContext | None, wait: bool,
@@ -789,22 +354,14 @@ class GenerationScorer(FtCallback):
             return
         if wait:
             try:
-                result = self.score(texts)
-                result["seconds"] = {"generation": generated_s, "scoring": time.perf_counter() - started - generated_s}
-                result["reused"] = self.reused_last_round
+                result = self._score_timed(texts, generated_s, self.reused_last_round)
             except Exception as exc:
                 result = {"error": f"{type(exc).__name__}: {exc}"}
             result = broadcast_from_main(result)
             self._apply(args, state, step, prefix, result, texts, ctx, is_baseline)
             return
-        if len(self._pending) >= MAX_QUEUED_ROUNDS:
-            self._make_room(args, state)
-        if self._worker is None:
-            self._worker = _ScoringWorker()
-            atexit.register(self._at_exit)  # an interrupted run never reaches on_train_end
-        worker = self._worker
-        future = worker.submit(self._score_timed, texts, generated_s, self.reused_last_round, worker.stop_event)
-        self._pending.append((step, prefix, future, texts, is_baseline))
+        job = functools.partial(self._score_timed, texts, generated_s, self.reused_last_round)
+        self._queue.submit(step, job, (prefix, texts, is_baseline), self._late_result(args, state))
 
     def _score_timed(
         self, texts: list[str], generated_s: float, reused: int, stop: threading.Event | None = None
@@ -815,46 +372,19 @@ class GenerationScorer(FtCallback):
         result["reused"] = reused
         return result
 
-    def _make_room(self, args: Any, state: Any) -> None:
-        """The queue is full (scoring is slower than evaluations come): wait for the oldest round, at most
-        scoring_timeout; a scorer that takes longer is given up, with every round queued behind it."""
-        notice_once(
-            "gen:queue",
-            f"GenerationScorer: scoring is slower than evaluations come; training waits for the oldest round so "
-            f"that at most {MAX_QUEUED_ROUNDS} are queued (fewer evaluations, every_n_evals=, or lighter metrics "
-            "avoid the wait).",
-        )
-        self._drain(args, state, timeout=self.scoring_timeout, keep=MAX_QUEUED_ROUNDS - 1)
-        if len(self._pending) >= MAX_QUEUED_ROUNDS:
-            oldest = self._pending[0][0]
-            self._drop_pending(
-                state, f"the round of step {oldest} did not finish within scoring_timeout={self.scoring_timeout:g}s "
-                "(a new scoring thread takes the next rounds)",
-            )  # fmt: skip
+    def _late_result(self, args: Any, state: Any) -> Callable[[QueuedRound, Any, str | None], None]:
+        """What to do with a background round's result: apply it outside its evaluation."""
 
-    def _drop_pending(self, state: Any, reason: str, intact: bool = True) -> None:
-        """Give up every queued round, with one line saying so; the worker stops (it is a daemon thread, so a
-        scorer still running cannot keep the process alive)."""
-        dropped = [step for step, *_ in self._pending]
-        for _, _, future, _, _ in self._pending:
-            future.cancel()
-        self._pending = []
-        if self._worker is not None:
-            self._worker.stop()
-            self._worker = None
-        if dropped and (state is None or state.is_world_process_zero):
-            _print(
-                f"[ft_callbacks] GenerationScorer: dropped {len(dropped)} scoring round(s) (step(s) "
-                f"{', '.join(map(str, dropped))}): {reason}" + ("; the training result is intact." if intact else ".")
-            )
+        def apply(queued: QueuedRound, result: Any, error: str | None) -> None:
+            prefix, texts, is_baseline = queued.payload
+            outcome = result if error is None else {"error": error}
+            self._apply(args, state, queued.step, prefix, outcome, texts, None, is_baseline)
 
-    def _at_exit(self) -> None:
-        """The interpreter is exiting before on_train_end (Ctrl-C, an exception): say which rounds are lost,
-        and give a scorer that honours its stop event a moment to leave native code before the exit."""
-        worker = self._worker
-        self._drop_pending(None, "the run ended before they were scored (interrupted?)", intact=False)
-        if worker is not None and getattr(self.scorer, "_bert", None) is not None:  # only BERTScore runs native
-            worker.thread.join(timeout=_EXIT_GRACE_S)  # code long enough to matter, and it stops between batches
+        return apply
+
+    def _drain(self, args: Any, state: Any, timeout: float | None = 0.0, keep: int = 0) -> None:
+        """Publish finished background rounds, in order; with a timeout, wait that long for the rest."""
+        self._queue.drain(self._late_result(args, state), timeout=timeout, keep=keep)
 
     def _failed(self, state: Any, step: int, stage: str, message: str) -> None:
         if state.is_world_process_zero:
@@ -949,36 +479,13 @@ class GenerationScorer(FtCallback):
             lines=[line], entry=target, late=target is not None,
         )  # fmt: skip
 
-    def _drain(self, args: Any, state: Any, timeout: float | None = 0.0, keep: int = 0) -> None:
-        """Publish finished background rounds, in order; with a timeout, wait that long for the rest (or
-        until at most `keep` are left)."""
-        deadline = None if timeout is None or math.isinf(timeout) else time.monotonic() + timeout
-        while self._pending:
-            step, prefix, future, texts, is_baseline = self._pending[0]
-            if not future.done():
-                left = None if deadline is None else deadline - time.monotonic()
-                if len(self._pending) <= keep or (left is not None and left <= 0):
-                    break
-                try:  # Ctrl-C while waiting raises here: the run ends, and _at_exit says what was lost
-                    future.result(timeout=left)
-                except FutureTimeout:
-                    break
-                except Exception:
-                    pass  # the round's error is published below
-            self._pending.pop(0)  # a round is published only after the earlier ones
-            try:
-                result = future.result(timeout=0)
-            except Exception as exc:
-                result = {"error": f"{type(exc).__name__}: {exc}"}
-            self._apply(args, state, step, prefix, result, texts, None, is_baseline)
-
     # -- events ----------------------------------------------------------------------------------
     def compute(self, ctx: EvaluationContext) -> None:
         # A synchronous round computes its deltas against the baseline: publish everything before it.
         self._drain(ctx.args, ctx.state, timeout=self.scoring_timeout if self._sync else 0.0)
-        if self._sync and self._pending:
-            self._drop_pending(ctx.state, f"they did not finish within scoring_timeout={self.scoring_timeout:g}s")
-        known = self._take_captured()  # this evaluation's texts from the Trainer itself (every rank calls it)
+        if self._sync:
+            self._queue.drop_unfinished(announce=ctx.is_main)
+        known = self._generator.take_captured()  # the Trainer's own texts (every rank calls it)
         self._evals_seen += 1
         if self.every_n_steps is not None or (self._evals_seen - 1) % self.every_n_evals:
             return
@@ -996,310 +503,13 @@ class GenerationScorer(FtCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self._pending:
             self._drain(args, state, timeout=self.scoring_timeout)
-            self._drop_pending(state, f"they did not finish within scoring_timeout={self.scoring_timeout:g}s")
-        if self._worker is not None:
-            self._worker.stop()
-            self._worker = None
-        atexit.unregister(self._at_exit)
-        self._remove_capture()
-        self._trainer = None
+            self._queue.drop_unfinished(announce=state.is_world_process_zero)
+        self._queue.close()
+        self._generator.unbind()
         if state.is_world_process_zero and (self.history or self.baseline_scores):
             self._write_record(args)
         super().on_train_end(args, state, control, **kwargs)
 
 
-# -- the Trainer's generation settings --------------------------------------------------------------
-def _is_seq2seq_args(args: Any) -> bool:
-    """Seq2SeqTrainingArguments (or alike): the Trainer has generation settings of its own."""
-    return args is not None and hasattr(args, "predict_with_generate") and hasattr(args, "generation_max_length")
-
-
-def _args_generation_config(args: Any, trainer: Any) -> GenerationConfig | None:
-    """Seq2SeqTrainingArguments.generation_config, loaded as Seq2SeqTrainer loads it. A Seq2SeqTrainer has
-    already made it the model's generation_config (which generate() reads): then nothing is needed here."""
-    value = getattr(args, "generation_config", None)
-    if value is None or not _is_seq2seq_args(args):
-        return None
-    from transformers import Seq2SeqTrainer
-
-    if isinstance(trainer, Seq2SeqTrainer):
-        return None
-    try:
-        return Seq2SeqTrainer.load_generation_config(value)
-    except Exception as exc:
-        raise ConfigurationError(
-            f"TrainingArguments.generation_config={value!r} could not be loaded ({exc}); pass a GenerationConfig or "
-            "a local directory holding generation_config.json."
-        ) from exc
-
-
-# -- checks of what users pass ---------------------------------------------------------------------
-def _metric_list(metrics: Any) -> list[Any]:
-    """One metric name or callable, or a list of them (a bare string is one name, not its letters)."""
-    if isinstance(metrics, str) or callable(metrics):
-        return [metrics]
-    if metrics is None or isinstance(metrics, (bytes, Mapping)) or not isinstance(metrics, (list, tuple, Sequence)):
-        raise ConfigurationError(
-            f"metrics={metrics!r} is not valid: pass a list of metric names or callables, e.g. ('rouge', 'bleu')."
-        )
-    return list(metrics)
-
-
-def _list_of(name: str, value: Any, example: str) -> list[Any]:
-    """A list from a list-like argument; a string or a dict is refused (list('abc') is three one-letter items)."""
-    if isinstance(value, (str, bytes)):
-        raise ConfigurationError(
-            f"{name}= is a single string ({value[:40]!r}); pass a list, one item per sample: {example}."
-        )
-    if isinstance(value, Mapping):
-        raise ConfigurationError(f"{name}= is a dict; pass a list, one item per sample: {example}.")
-    try:
-        return list(value)
-    except TypeError:
-        raise ConfigurationError(
-            f"{name}= is {type(value).__name__}, not a list; pass a list, one item per sample: {example}."
-        ) from None
-
-
-def _check_options(**options: Any) -> None:
-    """Flags and settings whose wrong type would be silently misread (background='no' is truthy)."""
-    background = options["background"]
-    if not (isinstance(background, bool) or (isinstance(background, str) and background == "auto")):
-        raise ConfigurationError(
-            f"background={background!r} is not valid: use True (score in a thread), False (score at the "
-            "evaluation) or 'auto'."
-        )
-    for name in ("baseline", "chat_template"):
-        if not isinstance(options[name], bool):
-            raise ConfigurationError(f"{name}={options[name]!r} is not valid: use True or False.")
-    seed = options["seed"]
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigurationError(f"seed={seed!r} is not valid: use an integer.")
-    timeout = options["scoring_timeout"]
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or math.isnan(timeout) or timeout < 0:
-        raise ConfigurationError(
-            f"scoring_timeout={timeout!r} is not valid: use a number of seconds >= 0 (math.inf waits without limit)."
-        )
-    config = options["generation_config"]
-    if config is not None and not isinstance(config, GenerationConfig):
-        hint = " (GenerationConfig(**your_dict))" if isinstance(config, Mapping) else ""
-        raise ConfigurationError(
-            f"generation_config is {type(config).__name__}: pass a transformers.GenerationConfig{hint}."
-        )
-    scorer_options = options["scorer_options"]
-    if scorer_options is not None and not isinstance(scorer_options, Mapping):
-        raise ConfigurationError(
-            f"scorer_options is {type(scorer_options).__name__}: pass a dict of TextScorer options, "
-            "e.g. {'use_stemmer': False}."
-        )
-    label_names = options["label_names"]
-    if label_names is not None:
-        names = _list_of("label_names", label_names, "label_names=['positive', 'negative']")
-        if not names:
-            raise ConfigurationError("label_names is empty: give the label names the model should answer with.")
-    for name in ("prompt_column", "reference_column"):
-        if not isinstance(options[name], str) or not options[name]:
-            raise ConfigurationError(f"{name}={options[name]!r} is not valid: give a column name.")
-
-
-def _check_text(text: str, where: str) -> None:
-    """A lone surrogate (text decoded badly upstream) cannot be encoded: tokenizers fail with a TypeError."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ConfigurationError(
-            f"{where} holds a lone surrogate ({text[exc.start]!r} at position {exc.start}), which no tokenizer "
-            "can encode: the text was decoded wrongly upstream. Fix it at the source, or replace it with "
-            "text.encode('utf-8', 'replace').decode('utf-8')."
-        ) from None
-
-
-def _check_prompt(prompt: Any, where: str) -> None:
-    """A prompt is a non-empty string, a non-empty list of token ids, or a list of chat messages."""
-    if isinstance(prompt, str):
-        if not prompt.strip():
-            raise ConfigurationError(
-                f"{where} is {'empty' if not prompt else 'only whitespace'}: the model continues each prompt, so "
-                "each needs some text. Remove it, or give it text."
-            )
-        _check_text(prompt, where)
-        return
-    if isinstance(prompt, (list, tuple)) and prompt:
-        if all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in prompt):
-            return  # token ids
-        if all(isinstance(m, Mapping) for m in prompt):
-            for j, message in enumerate(prompt):
-                content = message.get("content")
-                if isinstance(content, str):
-                    _check_text(content, f"{where}[{j}]['content']")
-            return
-    if isinstance(prompt, (list, tuple)) and not prompt:
-        raise ConfigurationError(f"{where} is an empty list: give the prompt's token ids or chat messages.")
-    raise ConfigurationError(
-        f"{where} is {type(prompt).__name__} ({str(prompt)[:40]!r}): a prompt is a string, a list of token ids, "
-        "or a list of chat messages ({'role': 'user', 'content': ...})."
-    )
-
-
-def _check_reference(reference: Any, where: str) -> None:
-    if isinstance(reference, str):
-        _check_text(reference, where)
-    elif isinstance(reference, (list, tuple)):
-        for j, text in enumerate(reference):
-            if isinstance(text, str):
-                _check_text(text, f"{where}[{j}]")
-
-
-def _as_dataset(data: Any) -> Any:
-    """dataset= as a `datasets.Dataset`: a list of dicts, a dict of lists and a pandas DataFrame are
-    converted; a DatasetDict, a streaming dataset or a plain list of texts is refused naming the fix."""
-    import datasets
-
-    if isinstance(data, datasets.Dataset):
-        return data
-    if isinstance(data, (datasets.DatasetDict, datasets.IterableDatasetDict)):
-        split = next(iter(data), "validation")
-        raise ConfigurationError(
-            f"dataset= is a {type(data).__name__} with splits {list(data)}: pass one split, e.g. dataset=ds[{split!r}]."
-        )
-    if isinstance(data, datasets.IterableDataset):
-        raise ConfigurationError(
-            "dataset= is a streaming IterableDataset: GenerationScorer needs fixed rows to sample from. Take some: "
-            "datasets.Dataset.from_list(list(ds.take(200)))."
-        )
-    if isinstance(data, (str, bytes, os.PathLike)):
-        raise ConfigurationError(
-            f"dataset={data!r} is a name or path: load it first (datasets.load_dataset(...)['validation'] or "
-            "Dataset.from_json(path)) and pass the Dataset."
-        )
-    try:
-        if type(data).__module__.split(".")[0] == "pandas" and hasattr(data, "columns"):
-            return datasets.Dataset.from_pandas(data, preserve_index=False)
-        if isinstance(data, Mapping):
-            return datasets.Dataset.from_dict(dict(data))
-        if isinstance(data, (list, tuple)):
-            if not data:
-                raise ConfigurationError("dataset= is empty: give at least one example.")
-            if all(isinstance(row, Mapping) for row in data):
-                return datasets.Dataset.from_list([dict(row) for row in data])
-            raise ConfigurationError(
-                f"dataset= is a list of {type(data[0]).__name__}: pass a list of dicts (one per example, with "
-                "prompt/reference keys), or prompts=[...] and references=[...]."
-            )
-    except ConfigurationError:
-        raise
-    except Exception as exc:
-        raise ConfigurationError(f"dataset= could not be turned into a datasets.Dataset: {exc}") from exc
-    if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
-        raise ConfigurationError(
-            f"dataset= is {type(data).__name__}: pass a datasets.Dataset, a list of dicts, a dict of lists or a "
-            "pandas DataFrame."
-        )
-    return data  # a map-style dataset of dicts (e.g. a torch Dataset), read row by row
-
-
-def _columns(data: Any, *names: str) -> list[list[Any]]:
-    """Whole columns of a datasets.Dataset, or of a map-style dataset of dicts read row by row."""
-    if hasattr(data, "column_names"):
-        return [list(data[name]) for name in names]
-    rows = [data[i] for i in range(len(data))]
-    return [[row[name] for row in rows] for name in names]
-
-
-def _check_dataset(data: Any, prompt_column: str, reference_column: str) -> None:
-    """The columns GenerationScorer reads must exist; text prompts are checked like prompts=."""
-    if not len(data):
-        raise ConfigurationError("dataset= is empty: give at least one example.")
-    columns = list(getattr(data, "column_names", None) or data[0].keys())
-    if prompt_column in columns and reference_column in columns:
-        for i, (prompt, reference) in enumerate(zip(*_columns(data, prompt_column, reference_column), strict=True)):
-            _check_prompt(prompt, f"dataset row {i}, column {prompt_column!r},")
-            _check_reference(reference, f"dataset row {i}, column {reference_column!r},")
-        return
-    if "input_ids" in columns and "labels" in columns:
-        return
-    if "input_ids" in columns:
-        raise ConfigurationError(
-            f"dataset has input_ids but no labels (columns {columns}): GenerationScorer scores generations "
-            "against references, so each example needs one: a 'labels' column with the reference's token ids "
-            "(for a causal LM, input_ids = prompt + reference with labels -100 on the prompt tokens), or text "
-            f"columns {prompt_column!r}/{reference_column!r}."
-        )
-    if prompt_column in columns:
-        raise ConfigurationError(
-            f"dataset has the prompt column {prompt_column!r} but no {reference_column!r} column (columns "
-            f"{columns}): name the reference column with reference_column=."
-        )
-    raise ConfigurationError(
-        f"dataset has columns {columns}: GenerationScorer needs {prompt_column!r} and {reference_column!r} (set "
-        "prompt_column=/reference_column=), or input_ids and labels."
-    )
-
-
-# -- background scoring ------------------------------------------------------------------------------
-class _ScoringWorker:
-    """One daemon thread that scores rounds in order.
-
-    A daemon, so neither an interrupted run (Ctrl-C) nor a round given up after `scoring_timeout`
-    keeps the process alive: the interpreter exits without waiting for it (a ThreadPoolExecutor's
-    threads are joined at exit, queue and all). `stop()` makes it skip every round it has not
-    started and asks a running TextScorer to give up at its next batch."""
-
-    def __init__(self) -> None:
-        self.stop_event = threading.Event()
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._run, name="ft_callbacks_scoring", daemon=True)
-        self.thread.start()
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        future: Future = Future()
-        self._queue.put((future, fn, args))
-        return future
-
-    def _run(self) -> None:
-        _lower_thread_priority()
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            future, fn, args = item
-            if self.stop_event.is_set():
-                future.cancel()
-                continue
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = fn(*args)
-            except BaseException as exc:  # handed to the caller through the future
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self._queue.put(None)
-
-
-def _lower_thread_priority() -> None:
-    """Background scoring yields the CPU to training where cores are scarce (Linux: per-thread nice)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):
-        pass
-
-
-def _pad(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        if left:
-            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            mask[row, width - len(seq) :] = 1
-        else:
-            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            mask[row, : len(seq)] = 1
-    return ids, mask
-
-
-__all__ = ["GenerationScorer"]
+# Re-exported: names that lived here before the generation pieces were split out.
+__all__ = ["LABEL_KEYS", "MAX_QUEUED_ROUNDS", "METRIC_KEYS", "GenerationFailed", "GenerationScorer"]

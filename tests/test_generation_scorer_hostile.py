@@ -412,7 +412,7 @@ def test_seq2seq_predict_with_generate_texts_are_reused_not_generated_twice(toke
     for step, caller in calls.calls:
         ours[step].append(caller)
     # We generate only the step-0 baseline (no evaluation then); at steps 10 and 20 only the Trainer generates.
-    assert set(ours[0]) == {"_generate_indices"}
+    assert set(ours[0]) == {"generate_batched"}
     assert set(ours[10]) == set(ours[20]) == {"prediction_step"}
     assert [round_texts(scorer, 10), round_texts(scorer, 20)] == seen
     assert scorer.reused_last_round == 10
@@ -430,7 +430,7 @@ def test_seq2seq_user_settings_override_the_trainers(tokenizer, corpus, tmp_path
     trainer.train()
     settings = scorer._settings(None)
     assert (settings.max_new_tokens, settings.num_beams, settings.max_length) == (3, 1, 12)
-    assert scorer.reused_last_round == 0 and ("_generate_indices" in {c for s, c in calls.calls if s == 10})
+    assert scorer.reused_last_round == 0 and ("generate_batched" in {c for s, c in calls.calls if s == 10})
 
 
 def test_a_dropped_round_stops_its_text_scorer_at_the_next_metric():
