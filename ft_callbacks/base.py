@@ -239,6 +239,8 @@ class _Hub:
             )
 
     def train_began(self, callback: FtCallback, args: Any) -> None:
+        if not self.training:
+            SINK.new_run()  # one-time notices are once per training run, not once per process
         self.training = True
         self.attach_trainer(callback)
         SINK.configure(args)

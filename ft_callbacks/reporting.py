@@ -105,6 +105,10 @@ class WandbSink:
                 "charts and tables, set TrainingArguments(report_to=['wandb', ...]).",
             )
 
+    def new_run(self) -> None:
+        """A training run starts: its one-time notices may be said again."""
+        self._notices.clear()
+
     def notice(self, key: str, message: str) -> None:
         if key not in self._notices:
             self._notices.add(key)
