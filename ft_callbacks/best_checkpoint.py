@@ -211,23 +211,10 @@ class BestCheckpointSaver(FtCallback):
             raise ConfigurationError(error)
         self._training = True
         self._monitor_checked = False
-        saved = self._restored_state
-        self._restored_state = None
+        saved, self._restored_state = self._restored_state, None  # set when rebuilt from an older checkpoint
+        self.ranking = CheckpointRanking(self.mode, self.keep, self.min_delta)
         if state.global_step > 0:
-            manifest = store.read_manifest()
-            if manifest is None and saved is None:
-                saved = self.saved_state(state)
-            if manifest is not None:
-                saved = store.state_from_manifest(manifest)
-            self.ranking = CheckpointRanking(self.mode, self.keep, self.min_delta)
-            if saved:
-                try:
-                    self.ranking.load_state_dict(saved)
-                except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a hand-edited trainer_state.json
-                    warn(f"the ranking stored in the Trainer checkpoint is malformed ({exc!r}); starting a new one.")
-                    self.ranking = CheckpointRanking(self.mode, self.keep, self.min_delta)
-        else:
-            self.ranking = CheckpointRanking(self.mode, self.keep, self.min_delta)
+            store.resume(self.ranking, lambda: saved if saved is not None else self.saved_state(state))
         if state.is_world_process_zero:
             store.recover(self.ranking, fresh=state.global_step == 0)
         # Every rank ranks alike: rank 0's view (after the repair) is everyone's.

@@ -180,3 +180,20 @@ def test_last_complete_checkpoint_skips_a_checkpoint_cut_short(tmp_path):
         folder.mkdir()
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}) if complete else '{"glob')
     assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+
+
+def test_resume_takes_the_manifest_first_then_the_kept_state_and_refuses_a_malformed_one(tmp_path):
+    store, ranking = _store(tmp_path)
+    store.save(ranking, 3, 2.0, _weights)
+    kept = {"best_value": 9.0, "best_step": 1, "entries": [{"step": 1, "value": 9.0, "path": "x"}]}
+    from_manifest = CheckpointRanking("min")
+    store.resume(from_manifest, lambda: pytest.fail("the manifest is usable: the kept state is not read"))
+    assert from_manifest.state_dict() == ranking.state_dict()
+    os.remove(tmp_path / "out" / MANIFEST)
+    from_kept = CheckpointRanking("min")
+    store.resume(from_kept, lambda: kept)
+    assert from_kept.best_step == 1 and [e.path for e in from_kept.entries] == ["x"]
+    malformed = CheckpointRanking("min")
+    with pytest.warns(UserWarning, match="is malformed"):
+        store.resume(malformed, lambda: {"entries": [{"step": 1}]})
+    assert malformed.entries == [] and malformed.best_value is None

@@ -420,6 +420,26 @@ class CheckpointStore:
                 warn(f"ignoring a malformed manifest entry: {e!r}")
         return {"best_value": manifest.get("best_value"), "best_step": manifest.get("best_step"), "entries": entries}
 
+    def resume(self, ranking: CheckpointRanking, saved: Callable[[], dict[str, Any] | None]) -> None:
+        """Fill the empty `ranking` of a resumed run: from the manifest when there is a usable one, else
+        from `saved()` (the ranking the Trainer checkpoint kept); one that is malformed leaves it empty.
+
+        Args:
+            ranking: a new, empty ranking.
+            saved: returns the ranking state kept elsewhere (called only when there is no usable manifest).
+        """
+        manifest = self.read_manifest()
+        state = self.state_from_manifest(manifest) if manifest is not None else saved()
+        if not state:
+            return
+        restored = CheckpointRanking(ranking.mode, ranking.keep, ranking.min_delta)
+        try:
+            restored.load_state_dict(state)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a hand-edited trainer_state.json
+            warn(f"the ranking stored in the Trainer checkpoint is malformed ({exc!r}); starting a new one.")
+            return
+        ranking.load_state_dict(restored.state_dict())
+
     # -- a save ------------------------------------------------------------------------------------
     def save(
         self, ranking: CheckpointRanking, step: int, value: float, save_fn: Callable[[str], Any]
