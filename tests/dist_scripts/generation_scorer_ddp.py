@@ -59,7 +59,7 @@ def main() -> None:
         "rounds": [
             {k: v for k, v in e.items() if k.startswith(("eval_rouge", "eval_bleu")) or k == "step"}
             for e in trainer.state.log_history
-            if "eval_rouge1" in e
+            if e.get("eval_rouge1") is not None
         ],
         "table": scorer.table_rows if rank == 0 else None,
     }
