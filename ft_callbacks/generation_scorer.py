@@ -32,10 +32,8 @@ from .generation.prompt_set import PromptSet, model_context
 from .generation.reference_scores import LABEL_KEYS, METRIC_KEYS, ReferenceScorer
 from .generation.scoring_queue import MAX_QUEUED_ROUNDS, QueuedRound, ScoringQueue
 from .generation.sharded_generate import GenerationFailed, ShardedGenerator, check_can_generate, generate_sharded
-from .records import read_json, write_record
 from .reporting import EvaluationContext, _print, notice_once, publish
 
-STATE_DIR = "ft_callbacks"
 # Which per-sample score ranks samples for the "lowest k" table, in order of preference.
 _RANKING_SCORES = ("rougeL", "bertscore_f1", "chrf", "exact_match")
 
@@ -191,6 +189,7 @@ class GenerationScorer(FtCallback):
     _pending = property(lambda self: self._queue.pending)
 
     console_label = "generation"
+    record_name = "generation_scorer"
 
     def produces(self) -> set[str]:
         names = self._scoring.produces()
@@ -205,18 +204,8 @@ class GenerationScorer(FtCallback):
         self.history = list(saved.get("history") or [])
         self._evals_seen = int(saved.get("evals_seen") or 0)
 
-    def _record_path(self, args: Any) -> str:
-        return os.path.join(args.output_dir, STATE_DIR, "generation_scorer.json")
-
     def _write_record(self, args: Any) -> None:
-        path = self._record_path(args)
-        try:
-            write_record(path, {**self.state_dict(), "samples": self.table_rows[-self.max_table_rows :]})
-        except OSError as exc:
-            notice_once("gen:record", f"could not write {path} ({exc}); training continues.")
-
-    def _read_record(self, args: Any) -> dict[str, Any] | None:
-        return read_json(self._record_path(args))
+        self.write_record(args, {**self.state_dict(), "samples": self.table_rows[-self.max_table_rows :]})
 
     # -- set-up --------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
@@ -238,7 +227,7 @@ class GenerationScorer(FtCallback):
         if state.global_step > 0:
             # `_restored`: set by a Trainer that rebuilt us from a checkpoint of an earlier version.
             saved = self._restored or self.saved_state(state)
-            record = self._read_record(args) or {}
+            record = self.read_record(args) or {}
             if saved is None:
                 saved = record
             if saved:
