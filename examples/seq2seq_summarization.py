@@ -29,8 +29,7 @@ from transformers import (
     Seq2SeqTrainingArguments,
 )
 
-from ft_callbacks import BestCheckpointSaver, GenerationScorer, OverfitGuard, toy
-from ft_callbacks.best_checkpoint import best_checkpoint
+from ft_callbacks import BestCheckpointSaver, GenerationScorer, OverfitGuard, find_best_checkpoint, toy
 
 PREFIX = "summarize: "  # T5's own task prefix; harmless for the tiny model
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
@@ -150,7 +149,7 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
     print(f"validation perplexity at step {last['step']}: {last['eval_perplexity']:.2f}")
     if guard.stopped:
         print(f"OverfitGuard stopped training at step {guard.policy.stop_step}: {guard.stop_reason}")
-    best = best_checkpoint(args.output_dir)
+    best = find_best_checkpoint(args.output_dir)
     print(f"best checkpoint (by eval_rougeL): {best or 'none saved'}")
     print(f"trainer_state.json (every result, step by step): {os.path.join(args.output_dir, 'trainer_state.json')}")
     return trainer

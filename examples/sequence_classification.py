@@ -27,8 +27,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from ft_callbacks import BestCheckpointSaver, LabelScorer, toy
-from ft_callbacks.best_checkpoint import best_checkpoint
+from ft_callbacks import BestCheckpointSaver, LabelScorer, find_best_checkpoint, toy
 
 # Class name -> the standard-library modules whose documentation makes up that class.
 TOPICS: dict[str, tuple[str, ...]] = {
@@ -127,7 +126,7 @@ def main(argv: list[str] | None = None) -> Trainer:
         f"a uniform guess scores about {1 / len(LABELS):.2f})"
     )
     print("per class F1: " + ", ".join(f"{n} {last[f'eval_f1_{n}']:.2f}" for n in LABELS))
-    print(f"best checkpoint (by eval_f1): {best_checkpoint(args.output_dir) or 'none saved'}")
+    print(f"best checkpoint (by eval_f1): {find_best_checkpoint(args.output_dir) or 'none saved'}")
     print(f"trainer_state.json (every result, step by step): {os.path.join(args.output_dir, 'trainer_state.json')}")
     return trainer
 

@@ -24,8 +24,7 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling
 from trl import SFTConfig, SFTTrainer
 
-from ft_callbacks import BestCheckpointSaver, GenerationScorer, OverfitGuard, toy
-from ft_callbacks.best_checkpoint import best_checkpoint
+from ft_callbacks import BestCheckpointSaver, GenerationScorer, OverfitGuard, find_best_checkpoint, toy
 
 # A minimal chat template for the tiny tokenizer. The `{% generation %}` markers tell TRL which tokens
 # are the assistant's (assistant_only_loss); EOS ends each answer, inside the markers, so the model
@@ -199,7 +198,7 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
     )
     if guard.stopped:
         print(f"OverfitGuard stopped training at step {guard.policy.stop_step}: {guard.stop_reason}")
-    best = best_checkpoint(args.output_dir)
+    best = find_best_checkpoint(args.output_dir)
     print(f"best adapter (by eval_token_loss): {best or 'none saved'}")
     print(f"trainer_state.json (every result, step by step): {os.path.join(args.output_dir, 'trainer_state.json')}")
     return trainer
