@@ -91,6 +91,15 @@ class GenerationScorer(FtCallback):
             `bertscore_num_layers`, `bertscore_idf`, `device`).
         scoring_timeout: seconds to wait for a background round (at train end, or for room in a
             full queue) before dropping it, and the rounds queued behind it, with one line saying so.
+
+    Raises:
+        ConfigurationError: at construction for prompts, references, datasets, metrics or settings that
+            cannot work (each message names the fix); before the first step for a model that cannot
+            generate, a tokenizer with neither pad nor EOS token, or a prompt with no tokens.
+
+    Example:
+        >>> GenerationScorer(prompts=["Summarize: ..."], references=["..."], metrics=("rouge", "bleu"),
+        ...                  max_new_tokens=64)
     """
 
     def __init__(

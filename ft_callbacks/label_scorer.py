@@ -79,6 +79,15 @@ class LabelScorer(FtCallback):
         ece_bins: equal-width confidence bins of the expected calibration error.
         log_confusion_matrix: wandb confusion-matrix chart and table, and the console matrix.
         log_threshold_curve: wandb PR curve and threshold table (binary tasks).
+
+    Raises:
+        ConfigurationError: at construction for bad settings (`label_names` not a list of at least two
+            distinct names, `positive_label` not among them, `ece_bins` < 1); before the first step for
+            a generative model, a label count that differs from the model's `num_labels`, or training
+            labels outside the label set.
+
+    Example:
+        >>> Trainer(model=classifier, ..., callbacks=[LabelScorer(label_names=["neg", "pos"])])
     """
 
     console_label = "labels"
