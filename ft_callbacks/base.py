@@ -27,9 +27,9 @@ from .core.modes import infer_mode, normalize_metric_name
 from .records import read_json, write_record
 from .reporting import (
     OURS_PREFIX,
-    SINK,
     EvaluationContext,
     _print,
+    begin_run,
     final_dashboard,
     flush_evaluation,
     notice_once,
@@ -239,11 +239,9 @@ class _Hub:
             )
 
     def train_began(self, callback: FtCallback, args: Any) -> None:
-        if not self.training:
-            SINK.new_run()  # one-time notices are once per training run, not once per process
+        begin_run(args, new_run=not self.training)  # one-time notices: once per training run
         self.training = True
         self.attach_trainer(callback)
-        SINK.configure(args)
 
     def train_ended(self, callback: FtCallback, args: Any, state: Any) -> None:
         """Called by each member at train end; once all have finished, the run's overview goes out."""
@@ -269,7 +267,7 @@ class _Hub:
             return
         self._handled = metrics
         if not self.training:
-            SINK.configure(args)  # a standalone evaluate(): follow this run's report_to too
+            begin_run(args, new_run=False)  # a standalone evaluate(): follow this run's report_to too
         ctx = EvaluationContext(
             args=args,
             state=state,

@@ -11,7 +11,6 @@ names users import from this module (`best_checkpoint`, `read_manifest`, `last_c
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +31,7 @@ from .engines import (
     sharded_engine,
     zero3_config_error,
 )
-from .reporting import SINK, EvaluationContext, _print, notice_once, report_event, warn
+from .reporting import EvaluationContext, _print, log_model_artifact, notice_once, report_event, warn
 
 __all__ = ["BestCheckpointSaver", *checkpoints.__all__, "load_weights_into", "read_saved_weights"]
 
@@ -375,7 +374,7 @@ class BestCheckpointSaver(FtCallback):
             )
             ctx.console.append("best checkpoint not saved")
         if ctx.is_main and (first or self.on_save_error == "stop"):
-            _print(f"[ft_callbacks] {message}")
+            ctx.blocks.append(f"    {message}")  # in the evaluation's own block, after its numbers
 
     def _write_checkpoint(
         self, ctx: EvaluationContext, step: int, value: float, weights: dict[str, Any] | None = None
@@ -461,20 +460,6 @@ class BestCheckpointSaver(FtCallback):
         )
 
     def _upload(self, args: Any, folder: str, best: RankedCheckpoint) -> None:
-        run = SINK.run(getattr(args, "run_name", None))
-        if run is None:
-            return
-        try:
-            import wandb
-
-            name = self.artifact_name or f"{run.id}-best"
-            artifact = wandb.Artifact(
-                re.sub(r"[^A-Za-z0-9_.-]", "-", name),
-                type="model",
-                metadata={"step": best.step, "metric": self.monitor, "value": best.value, "mode": self.mode},
-            )
-            artifact.add_dir(folder)
-            run.log_artifact(artifact, aliases=["best", f"step-{best.step}"])
+        metadata = {"step": best.step, "metric": self.monitor, "value": best.value, "mode": self.mode}
+        if log_model_artifact(folder, self.artifact_name, metadata, aliases=["best", f"step-{best.step}"]):
             self._uploaded = folder
-        except Exception as exc:
-            notice_once("best_artifact", f"could not log the best checkpoint to wandb ({type(exc).__name__}: {exc}).")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import callbacks_from_config, training_arguments_from_config
-from .reporting import SINK
+from .reporting import wandb_has_credentials
 
 TRAIN_TEXTS = 48
 EVAL_TEXTS = 96
@@ -131,7 +131,7 @@ def run_demo(
             report_to = "wandb"
             # The Trainer's own WandbCallback starts the run, and without a login it stops with "No API
             # key configured": the demo logs offline then, as it promises (WANDB_MODE set by the user wins).
-            if not os.environ.get("WANDB_MODE") and not SINK.has_api_key(wandb):
+            if not os.environ.get("WANDB_MODE") and not wandb_has_credentials(wandb):
                 os.environ["WANDB_MODE"] = "offline"
                 wandb.teardown()  # the key lookup cached wandb's settings; the next run reads the mode anew
         except ImportError:

@@ -591,6 +591,25 @@ def final_dashboard(args: Any, state: Any) -> None:
     SINK.log(data, int(state.global_step), _run_name(args))
 
 
+# -- what the rest of the package asks of the trackers (the sink itself stays in this module) -------
+def begin_run(args: Any, new_run: bool) -> None:
+    """A training run (or a standalone evaluate) starts: follow its `report_to`; on a new training run,
+    one-time notices may be said again."""
+    if new_run:
+        SINK.new_run()
+    SINK.configure(args)
+
+
+def log_model_artifact(folder: str, name: str | None, metadata: dict[str, Any], aliases: list[str]) -> bool:
+    """Log a checkpoint folder as a wandb model artifact in the Trainer's run (when report_to names wandb)."""
+    return SINK.log_artifact(folder, name, metadata, aliases)
+
+
+def wandb_has_credentials(wandb: Any) -> bool:
+    """Whether wandb has an API key (environment or login), without prompting."""
+    return SINK.has_api_key(wandb)
+
+
 def notice_once(key: str, message: str) -> None:
     """A one-time console notice (rank-agnostic; call it from rank 0 where it matters)."""
     SINK.notice(key, message)

@@ -9,6 +9,8 @@ sleeps a short random (seeded) time and kills the process group.
 
 Resuming on CPU is bit-exact here (the Trainer restores the RNG states, the data order and the optimizer):
 the resumed run's evaluations, generations and saves are compared with the reference run's for equality.
+Resumes alternate between both values of the Trainer's `restore_callback_states_from_checkpoint`, and
+the callback objects the script holds must be the ones that ran.
 `FT_CALLBACKS_KILL_SEED` (default 0) and `FT_CALLBACKS_KILL_RESUME_REPEATS` (default 6) vary the kills.
 """
 
@@ -223,7 +225,9 @@ def test_sigkill_in_every_phase_then_resume_keeps_callback_state(tokenizer, tmp_
         jitter = rng.uniform(0.0, JITTER[name])
         landed = _kill_at(out, tok_dir, f"PHASE {name} {step}", jitter)
         notes = _check_after_kill(out, reference)
-        resumed, seconds = _run_to_end(out, tok_dir, "resume")
+        # Both values of the Trainer's restore_callback_states_from_checkpoint, in turn.
+        resumed, seconds = _run_to_end(out, tok_dir, "resume" if attempt % 2 == 0 else "resume-restore")
+        assert resumed["live_handles"]
         # The newest complete Trainer checkpoint before the last step (see kill_resume_run.py), or a fresh start.
         complete = [c for c in notes["checkpoints"] if c not in notes["partial_trainer_checkpoint"]]
         complete = [c for c in complete if int(c.split("-")[1]) < MAX_STEPS]

@@ -1,12 +1,13 @@
 """A plain single-process run for tests/test_kill_resume.py (SIGKILL at random moments, then resume).
 
-usage: kill_resume_run.py OUT_DIR TOKENIZER_DIR [resume]
+usage: kill_resume_run.py OUT_DIR TOKENIZER_DIR [resume|resume-restore]
 
 A tiny GPT-2 trains for MAX_STEPS steps with OverfitGuard, BestCheckpointSaver(monitor="eval_perplexity")
 and GenerationScorer (synchronous, ROUGE), evaluating and writing a Trainer checkpoint every EVERY steps.
-With `resume` it continues from the newest complete `checkpoint-*` in OUT_DIR (one whose
-trainer_state.json parses: the Trainer writes its checkpoints in place and trainer_state.json last), or
-starts afresh when there is none. At the end it writes OUT_DIR/result.json.
+With `resume` (or `resume-restore`: the same with the Trainer's
+`restore_callback_states_from_checkpoint=True`) it continues from the newest complete `checkpoint-*` in
+OUT_DIR (one whose trainer_state.json parses: the Trainer writes its checkpoints in place and
+trainer_state.json last), or starts afresh when there is none. At the end it writes OUT_DIR/result.json.
 
 Phase markers go to stdout, one line each, flushed, so that a test can kill the process in a chosen phase:
 `PHASE train STEP` (a training step begins), `PHASE eval STEP` (first evaluation batch), `PHASE generate
@@ -102,7 +103,9 @@ def newest_complete_checkpoint(out_dir: Path) -> Path | None:
 
 def main() -> None:
     out_dir, tokenizer_dir = Path(sys.argv[1]), sys.argv[2]
-    resume = len(sys.argv) > 3 and sys.argv[3] == "resume"
+    resume = len(sys.argv) > 3 and sys.argv[3].startswith("resume")
+    # resume-restore: the Trainer's restore_callback_states_from_checkpoint=True (it would rebuild callbacks).
+    restore_flag = len(sys.argv) > 3 and sys.argv[3] == "resume-restore"
     torch.set_num_threads(1)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
     corpus = toy.stdlib_corpus()
@@ -133,7 +136,7 @@ def main() -> None:
     trainer = lm_trainer(
         tokenizer, corpus, out_dir, callbacks=[First(), guard, saver, scorer, Last()],
         train_size=TRAIN_SIZE, max_steps=MAX_STEPS, eval_steps=EVERY, logging_steps=EVERY,
-        save_strategy="steps", save_steps=EVERY,
+        save_strategy="steps", save_steps=EVERY, restore_callback_states_from_checkpoint=restore_flag,
     )  # fmt: skip
     checkpoint = newest_complete_checkpoint(out_dir) if resume else None
     print(f"RESUME_FROM {checkpoint.name if checkpoint else '-'}", flush=True)
@@ -141,6 +144,9 @@ def main() -> None:
     state = trainer.state
     result = {
         "resumed_from": checkpoint.name if checkpoint else None,
+        # The objects this script holds are the ones that ran, whatever the flag.
+        "live_handles": all(any(cb is mine for cb in trainer.callback_handler.callbacks)
+                            for mine in (guard, saver, scorer)),
         "global_step": state.global_step,
         "guard": {
             "evaluations": guard.policy.evaluations,
