@@ -42,26 +42,28 @@ STATE_DIR = "ft_callbacks"  # output_dir/ft_callbacks/: every callback's run rec
 # The one argument our `state()` gives the Trainer to rebuild a callback with (see `FtCallback.__new__`).
 RESTORE_IN_PLACE = "ft_callbacks_restore_in_place"
 
-# Which of our callbacks adds which metric (without prefix), for "add X to callbacks" before step 1.
-# Only names that nobody else is likely to produce: `accuracy` or `rougeL` may well come from the
-# user's compute_metrics, `perplexity` and `loss_gap` only from us.
-_GENERATION_ONLY = ("bertscore_precision", "bertscore_recall", "bertscore_f1", "chrf")
-_OVERFIT_GUARD_ONLY = (
-    "token_loss", "perplexity", "bits_per_token", "bits_per_byte", "train_loss", "train_sample_loss", "loss_gap",
-    "loss_ratio",
-)  # fmt: skip
-_GENERATION_NAMES = ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", "exact_match", *_GENERATION_ONLY)
-
-
 def producer_of(name: str) -> tuple[str, bool] | None:
-    """(callback to add, whether only it can produce the metric) for a metric name without prefix."""
+    """(how to add the callback that produces the metric, whether only it can) for a metric name without
+    prefix, from what each FtCallback class declares (`exclusive_metrics`, `shared_metrics`). A score's
+    `<name>_delta` against its baseline is always ours."""
     base = name.removeprefix(OURS_PREFIX)
-    if base in _OVERFIT_GUARD_ONLY:
-        return "OverfitGuard()", True
     stem = base.removesuffix("_delta")
-    if stem in _GENERATION_NAMES:
-        return "GenerationScorer(prompts=..., references=...)", stem in _GENERATION_ONLY or base != stem
+    for cls in _all_subclasses(FtCallback):
+        hint = cls.add_hint or f"{cls.__name__}()"
+        if base in cls.exclusive_metrics:
+            return hint, True
+        if stem in (*cls.exclusive_metrics, *cls.shared_metrics) and cls.deltas:
+            return hint, base != stem or stem in cls.exclusive_metrics
+        if base in cls.shared_metrics:
+            return hint, False
     return None
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_all_subclasses(sub)]
+    return found
 
 
 def missing_monitor_error(owner: str, monitor: str, ctx: EvaluationContext) -> ConfigurationError:
@@ -113,18 +115,20 @@ def check_monitor_source(owner: str, monitor: str, hub: _Hub, is_main: bool) -> 
     name = monitor.removeprefix(f"{prefix}_")
     producer = producer_of(name)
     has_compute_metrics = hub.compute_metrics_set()
-    if producer is not None and (producer[1] or has_compute_metrics is False):
+    nothing_else = has_compute_metrics is False and hub.trainer_is_plain()  # no compute_metrics, no subclass
+    if producer is not None and producer[1]:
         raise ConfigurationError(
             f"{owner} monitors {monitor!r}, which {producer[0].split('(')[0]} adds at each evaluation, and none is "
             f"among the callbacks: add {producer[0]} to callbacks, or monitor a metric the evaluation has "
             "(e.g. 'eval_loss'). If your own compute_metrics returns it, set TrainingArguments(eval_on_start=True) "
             "so it is checked at step 0 instead."
         )
-    if has_compute_metrics is False and hub.trainer_is_plain():
+    if nothing_else:
+        also = f", or add {producer[0]} to callbacks" if producer is not None else ""
         raise ConfigurationError(
             f"{owner} monitors {monitor!r}, but the Trainer has no compute_metrics and none of the callbacks "
-            f"adds it, so no evaluation will produce it. Monitor 'eval_loss', add compute_metrics returning "
-            f"{name!r}, or add the callback that produces it."
+            f"adds it, so no evaluation will produce it. Monitor 'eval_loss', give the Trainer a compute_metrics "
+            f"returning {name!r}{also}."
         )
     if is_main:
         # Could come from the user's compute_metrics (or a Trainer subclass), which only an evaluation reveals.
@@ -334,6 +338,13 @@ class FtCallback(TrainerCallback, ExportableState):
     Subclasses that override a Trainer event handler (`on_train_begin`, ...) call `super()`."""
 
     console_label = ""  # the name of this callback's line in an evaluation's console block
+    # What it adds at evaluations (names without prefix), so a monitor on a name only an absent callback
+    # produces fails before step 1 naming `add_hint`: names nobody else makes, and names a user's
+    # compute_metrics may return too (`accuracy`, `rougeL`); `deltas`: each also as `<name>_delta`.
+    exclusive_metrics: tuple[str, ...] = ()
+    shared_metrics: tuple[str, ...] = ()
+    deltas = False
+    add_hint = ""  # how to add it, e.g. "GenerationScorer(prompts=..., references=...)"; default "Name()"
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get(RESTORE_IN_PLACE):

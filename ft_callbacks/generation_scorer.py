@@ -198,6 +198,10 @@ class GenerationScorer(FtCallback):
     _pending = property(lambda self: self._queue.pending)
 
     console_label = "generation"
+    exclusive_metrics = ("bertscore_precision", "bertscore_recall", "bertscore_f1", "chrf")
+    shared_metrics = ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "exact_match")
+    deltas = True
+    add_hint = "GenerationScorer(prompts=..., references=...)"
     record_name = "generation_scorer"
 
     def produces(self) -> set[str]:

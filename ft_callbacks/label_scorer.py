@@ -91,6 +91,7 @@ class LabelScorer(FtCallback):
     """
 
     console_label = "labels"
+    shared_metrics = METRICS
 
     def __init__(
         self,

@@ -370,6 +370,7 @@ class OverfitGuard(FtCallback):
 
     # -- events --------------------------------------------------------------------------------
     console_label = "loss"
+    exclusive_metrics = METRICS
     record_name = "overfit_guard"
 
     def produces(self) -> set[str]:
