@@ -8,10 +8,10 @@ once, prepares their side once and reuses it for every `score()` call, also for 
 (`indices=`). Each score is computed by the reference library's own code on the fastest backend
 that gives identical numbers:
 
-* ROUGE: `rouge-score-rs` (Rust, the same numbers as `rouge-score`, measured about 100x faster)
-  through its public `RougeScorer.score_batch`, which tokenises both sides natively, in parallel
-  and without the GIL. Its low-level API could take pre-tokenised references, but scoring pairs
-  one Python call at a time that way was measured about 3.5x slower than `score_batch` retokenising
+* ROUGE: `rouge-score-rs` (Rust, the same numbers as `rouge-score`, much faster: see
+  benchmarks/RESULTS.md) through its public `RougeScorer.score_batch`, which tokenises both sides
+  natively, in parallel and without the GIL. Its low-level API could take pre-tokenised references,
+  but scoring pairs one Python call at a time that way is slower than `score_batch` retokenising
   them, so the rs backend keeps no reference cache. Without it (or with `rouge_backend="rouge-score"`)
   `rouge-score` is used: references are tokenised, stemmed and turned into n-gram counts once and
   scored with `rouge_score.rouge_scorer`'s own functions; the Porter stemmer is memoised per word.
