@@ -362,6 +362,8 @@ DDP_WORKER = textwrap.dedent(
     record = {"global_step": trainer.state.global_step, "saves": [s["step"] for s in saver.saves],
               "errors": [e["step"] for e in saver.save_errors], "ranking": saver.ranking.state_dict()}
     (out / f"rank{trainer.args.process_index}.json").write_text(json.dumps(record))
+    # As every distributed script here: left to interpreter exit, gloo's threads can abort the process.
+    torch.distributed.destroy_process_group()
     """
 )
 
