@@ -50,7 +50,7 @@ class BestCheckpointSaver(FtCallback):
       and deletes the others it wrote, never the best and never anything it did not write (the
       Trainer's `checkpoint-*` rotation is untouched);
     - `best_checkpoints.json` in the output dir lists the kept checkpoints (step, metric, value, time,
-      seconds, bytes) and the best one (`best_checkpoint(output_dir)` returns its path);
+      seconds, bytes) and the best one (`find_best_checkpoint(output_dir)` returns its path);
     - `save_optimizer=False`: weights (adapter only for PEFT models), config and tokenizer only;
       True also writes `optimizer.pt` and `scheduler.pt`;
     - `load_best_at_end=True`: the best weights are loaded back into the model when training ends
@@ -69,6 +69,30 @@ class BestCheckpointSaver(FtCallback):
       (`ft_callbacks.engines`; ZeRO-3 needs `stage3_gather_16bit_weights_on_model_save: true`, checked
       before training), then rank 0 writes the same files; `load_best_at_end` spreads rank 0's copy
       back through the engine.
+
+    Args:
+        monitor: the eval metric to rank by (the `eval_` prefix is added when missing).
+        mode: "min" or "max"; None infers it from the name (whole tokens: `eval_answer_f1` is "max").
+        min_delta: how much a value must beat the best by to count.
+        keep: how many best checkpoints to keep (the best is never pruned).
+        save_optimizer: also write the optimizer and scheduler state.
+        load_best_at_end: load the best weights back into the model when training ends.
+        upload_to_wandb: False, True/"end" or "every_best" (only when report_to names wandb).
+        artifact_name: the wandb artifact's name (default `<run id>-best`).
+        output_dir: where the checkpoints and the manifest go (default the Trainer's output_dir); one
+            saver per directory.
+        on_save_error: "continue" or "stop" when a save fails.
+        eval_dataset_name: with a dict eval_dataset, the dataset whose metric is ranked (default the
+            first, said once).
+
+    Raises:
+        ConfigurationError: at construction for settings that cannot work; before the first step for
+            an unwritable or full output directory, a second saver in the same directory, a directory
+            another live run holds (its lock names the PID), a monitor that no evaluation will produce,
+            or a sharded-engine setup that cannot save.
+
+    Example:
+        >>> Trainer(..., callbacks=[OverfitGuard(), BestCheckpointSaver(monitor="eval_perplexity", keep=2)])
     """
 
     def __init__(
