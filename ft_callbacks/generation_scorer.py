@@ -38,6 +38,9 @@ from .reporting import EvaluationContext, _print, notice_once, publish
 _RANKING_SCORES = ("rougeL", "bertscore_f1", "chrf", "exact_match")
 
 
+_CONSOLE_QUIET = {"rouge2", "rougeLsum", "bertscore_precision", "bertscore_recall"}
+
+
 class GenerationScorer(FtCallback):
     """Generate from fixed prompts at evaluations and score the text against references.
 
@@ -429,7 +432,8 @@ class GenerationScorer(FtCallback):
             note += f" ({result['reused']} of {len(texts)} texts reused from the Seq2SeqTrainer's predictions)"
         if ctx is not None and ctx.step == step:
             for name, value in values.items():
-                ctx.add(name, value)
+                # The console block shows the headline scores; every score is logged everywhere else.
+                ctx.add(name, value, show=name.removesuffix("_delta") not in _CONSOLE_QUIET)
             for name, value in summary.items():
                 ctx.add_summary(name, value)
             for name, build in media.items():

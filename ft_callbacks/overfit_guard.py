@@ -491,8 +491,8 @@ class OverfitGuard(FtCallback):
                 note = _perplexity_note(totals.perplexity, float(eval_loss))
                 if note:
                     ctx.blocks.append(note)
-            ctx.add("bits_per_token", totals.bits_per_token)
-            ctx.add("bits_per_byte", totals.bits_per_byte)
+            ctx.add("bits_per_token", totals.bits_per_token, show=False)
+            ctx.add("bits_per_byte", totals.bits_per_byte, show=False)
         elif eval_loss is not None:
             token_loss = float(eval_loss)
             reason = (
@@ -507,7 +507,7 @@ class OverfitGuard(FtCallback):
             )
             ctx.add("token_loss", token_loss)
             ctx.add("perplexity", safe_exp(token_loss))
-            ctx.add("bits_per_token", token_loss / math.log(2))
+            ctx.add("bits_per_token", token_loss / math.log(2), show=False)
         else:
             token_loss = None
         self._token_loss = token_loss
@@ -523,7 +523,7 @@ class OverfitGuard(FtCallback):
         self._compare_loss = compare
         if token_loss is not None and compare is not None and math.isfinite(compare):
             ctx.add("loss_gap", token_loss - compare)
-            ctx.add("loss_ratio", token_loss / compare if compare else math.inf)
+            ctx.add("loss_ratio", token_loss / compare if compare else math.inf, show=False)
         if ctx.prefix != self._decision_prefix:
             return  # one of several eval datasets: the training window belongs to the one the rules decide on
         self._trained_since_eval = self._steps_in_window > 0
