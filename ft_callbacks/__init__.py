@@ -18,7 +18,7 @@ The names a user types:
 
 The `ft-callbacks` command runs the demo, reports, scoring and config checks. The building blocks
 (stopping rules, perplexity sums, the checkpoint ranking and store, the evaluation context) live in
-`ft_callbacks.core`, `ft_callbacks.checkpoints` and `ft_callbacks.reporting`; the older top-level
+`ft_callbacks.core`, `ft_callbacks.checkpoints` and `ft_callbacks.publish`; the older top-level
 imports of them keep working.
 """
 
@@ -32,7 +32,7 @@ from .core.text_scores import TextScorer, TextScores, score_texts
 from .generation_scorer import GenerationScorer
 from .label_scorer import LabelScorer, label_metrics
 from .overfit_guard import OverfitGuard
-from .reporting import EvaluationContext  # noqa: F401  (kept importable from here for earlier users)
+from .publish import EvaluationContext  # noqa: F401  (kept importable from here for earlier users)
 
 __version__ = "0.1.0"
 

@@ -24,8 +24,7 @@ from transformers.trainer_callback import ExportableState
 from ._compat import eval_strategy
 from .core.errors import ConfigurationError
 from .core.modes import infer_mode, normalize_metric_name
-from .records import read_json, write_record
-from .reporting import (
+from .publish import (
     OURS_PREFIX,
     EvaluationContext,
     _print,
@@ -34,6 +33,7 @@ from .reporting import (
     flush_evaluation,
     notice_once,
 )
+from .records import read_json, write_record
 
 __all__ = ["ConfigurationError", "FtCallback", "missing_monitor_error", "monitor_skipped"]
 

@@ -31,7 +31,7 @@ from .engines import (
     sharded_engine,
     zero3_config_error,
 )
-from .reporting import EvaluationContext, _print, log_model_artifact, notice_once, report_event, warn
+from .publish import EvaluationContext, _print, log_model_artifact, notice_once, report_event, warn
 
 __all__ = ["BestCheckpointSaver", *checkpoints.__all__, "load_weights_into", "read_saved_weights"]
 

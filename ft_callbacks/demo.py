@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import callbacks_from_config, training_arguments_from_config
-from .reporting import wandb_has_credentials
+from .publish import wandb_has_credentials
 
 TRAIN_TEXTS = 48
 EVAL_TEXTS = 96

@@ -32,7 +32,7 @@ from .generation.prompt_set import PromptSet, model_context
 from .generation.reference_scores import LABEL_KEYS, METRIC_KEYS, ReferenceScorer
 from .generation.scoring_queue import MAX_QUEUED_ROUNDS, QueuedRound, ScoringQueue
 from .generation.sharded_generate import GenerationFailed, ShardedGenerator, check_can_generate, generate_sharded
-from .reporting import EvaluationContext, _print, notice_once, publish
+from .publish import EvaluationContext, _print, notice_once, publish
 
 # Which per-sample score ranks samples for the "lowest k" table, in order of preference.
 _RANKING_SCORES = ("rougeL", "bertscore_f1", "chrf", "exact_match")

@@ -19,7 +19,7 @@ from ._compat import is_causal_lm, unwrap_model
 from .base import ConfigurationError, FtCallback, require_evaluations
 from .core.label_metrics import LabelAccumulator, LabelReport, compute_label_metrics
 from .distributed import gather_eval_rows
-from .reporting import EvaluationContext, _print, notice_once
+from .publish import EvaluationContext, _print, notice_once
 
 # Scalars LabelScorer can add to an evaluation's metrics (with the evaluation's prefix, e.g. eval_).
 METRICS = (

@@ -16,7 +16,7 @@ from .core.perplexity import TokenLossTotals, safe_exp
 from .core.stopping import OverfitPolicy, StopDecision, format_number
 from .distributed import broadcast_from_main, gather_eval_rows
 from .engines import find_trainer, sharded_engine
-from .reporting import EvaluationContext, _print, notice_once, report_event
+from .publish import EvaluationContext, _print, notice_once, report_event
 from .token_loss import TokenLossProbe, mean_or_nan
 
 # What OverfitGuard adds to each evaluation's metrics (with the evaluation's prefix, e.g. eval_).

@@ -29,7 +29,7 @@ from .core.perplexity import (
     utf8_bytes,
 )
 from .distributed import all_reduce_sum
-from .reporting import notice_once
+from .publish import notice_once
 
 
 def _field(output: Any, name: str) -> Any:

@@ -39,7 +39,7 @@ def wandb_offline(tmp_path, monkeypatch):
     yield wandb_dir
     import wandb
 
-    from ft_callbacks.reporting import SINK
+    from ft_callbacks.publish import SINK
 
     if wandb.run is not None:
         wandb.finish()

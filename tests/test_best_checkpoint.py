@@ -409,7 +409,7 @@ def test_a_crash_at_any_point_of_a_save_leaves_a_valid_manifest_and_recovers(
 
     import ft_callbacks.checkpoints.store as store_module
     from ft_callbacks import toy
-    from ft_callbacks.reporting import EvaluationContext
+    from ft_callbacks.publish import EvaluationContext
 
     model = toy.tiny_gpt2(tokenizer)
     out = tmp_path / "out"

@@ -10,7 +10,7 @@ import pytest
 import wandb
 
 from ft_callbacks import GenerationScorer, OverfitGuard
-from ft_callbacks.reporting import overview_series
+from ft_callbacks.publish import overview_series
 
 from .helpers import lm_trainer, wandb_history
 

@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 
 from ft_callbacks import toy
 from ft_callbacks.overfit_guard import OverfitGuard
-from ft_callbacks.reporting import SINK
+from ft_callbacks.publish import SINK
 
 peft = pytest.importorskip("peft")
 trl = pytest.importorskip("trl")

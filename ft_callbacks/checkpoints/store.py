@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from ..core.modes import Mode
+from ..publish import notice_once, warn
 from ..records import LOCK_STALE_SECONDS, LockHeld, RunLock, describe_holder, fsync_path, read_json, write_json_atomic
-from ..reporting import notice_once, warn
 from .ranking import CheckpointRanking, RankedCheckpoint
 
 MANIFEST = "best_checkpoints.json"

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..core.errors import ConfigurationError
-from ..reporting import notice_once
+from ..publish import notice_once
 
 __all__ = ["PromptSet", "list_of", "model_context"]
 

@@ -30,7 +30,7 @@ from numbers import Real
 from typing import Any
 
 from ..core.errors import ConfigurationError
-from ..reporting import _print, notice_once
+from ..publish import _print, notice_once
 
 __all__ = ["MAX_QUEUED_ROUNDS", "QueuedRound", "ScoringQueue"]
 
