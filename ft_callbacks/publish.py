@@ -141,9 +141,8 @@ class WandbSink:
         except Exception:
             return False
 
-    def run(self, run_name: str | None = None) -> Any:
-        """The active wandb run the Trainer started, or None when wandb is off, not chosen or failing.
-        (`run_name` is accepted for callers of earlier versions and unused.)"""
+    def run(self) -> Any:
+        """The active wandb run the Trainer started, or None when wandb is off, not chosen or failing."""
         wandb = self._wandb()
         if wandb is None:
             return None
@@ -174,7 +173,7 @@ class WandbSink:
             self.notice("offline", f"wandb is logging offline to {run_dir} ({why}). Watch it with "
                         f"`wandb leet {run_dir}`; upload it later with `wandb sync {run_dir}`.")  # fmt: skip
 
-    def log(self, data: dict[str, Any], step: int, run_name: str | None = None) -> None:
+    def log(self, data: dict[str, Any], step: int) -> None:
         if not data:
             return
         run = self.run()
@@ -186,7 +185,7 @@ class WandbSink:
             self.notice(f"log:{type(exc).__name__}", f"wandb.log failed ({type(exc).__name__}: {exc}); "
                         "continuing without wandb for these values.")  # fmt: skip
 
-    def summarize(self, values: dict[str, Any], run_name: str | None = None) -> None:
+    def summarize(self, values: dict[str, Any]) -> None:
         if not values:
             return
         run = self.run()
@@ -588,7 +587,7 @@ def final_dashboard(args: Any, state: Any) -> None:
     except Exception as exc:
         SINK.notice("overview", f"could not build the overview charts ({type(exc).__name__}: {exc}).")
         return
-    SINK.log(data, int(state.global_step), _run_name(args))
+    SINK.log(data, int(state.global_step))
 
 
 # -- what the rest of the package asks of the trackers (the sink itself stays in this module) -------
@@ -617,8 +616,3 @@ def notice_once(key: str, message: str) -> None:
 
 def warn(message: str) -> None:
     warnings.warn(f"ft_callbacks: {message}", stacklevel=3)
-
-
-def _run_name(args: Any) -> str | None:
-    name = getattr(args, "run_name", None)
-    return None if not name or name == getattr(args, "output_dir", None) else name

@@ -180,8 +180,8 @@ def test_our_scalars_reach_tensorboard_at_the_evaluation_step(tokenizer, corpus,
     assert np.allclose(gaps, [e["eval_loss_gap"] for e in trainer.state.log_history if "eval_loss_gap" in e])
 
 
-@pytest.mark.parametrize("offline_by_user", [True])
-def test_offline_notice_says_why(tokenizer, corpus, tmp_path, wandb_offline, capsys, offline_by_user):
+def test_offline_notice_says_why(tokenizer, corpus, tmp_path, wandb_offline, capsys):
+    """conftest sets WANDB_MODE=offline, as a user would: the notice says so, not "no API key or network"."""
     trainer = lm_trainer(tokenizer, corpus, tmp_path / "out", [OverfitGuard()], **SMALL, max_steps=5, eval_steps=5,
                          report_to="wandb")  # fmt: skip
     trainer.train()
