@@ -197,6 +197,20 @@ class WandbSink:
             self.notice("summary", f"could not write the wandb summary ({type(exc).__name__}: {exc}).")
 
 
+    def alert(self, title: str, text: str, level: str = "WARN") -> None:
+        """A wandb alert (email/Slack for whoever set them up; offline, a record in the run's file)
+        so that a stop or a warning reaches a user who is not watching the dashboard."""
+        run = self.run()
+        if run is None:
+            return
+        try:
+            import wandb
+
+            run.alert(title=title[:64], text=text, level=getattr(wandb.AlertLevel, level, wandb.AlertLevel.WARN),
+                      wait_duration=0)  # fmt: skip
+        except Exception as exc:
+            self.notice("alert", f"could not raise a wandb alert ({type(exc).__name__}: {exc}).")
+
     def log_artifact(self, folder: str, name: str | None, metadata: dict[str, Any], aliases: list[str]) -> bool:
         """Log `folder` as a wandb model artifact (named `name`, default `<run id>-best`) into the Trainer's
         run; True when it was logged. Offline runs keep it for `wandb sync`."""
@@ -257,6 +271,7 @@ class EvaluationContext:
     renamed: dict[str, str] = field(default_factory=dict)  # a user's key we did not overwrite -> our key
     source: str = ""  # the console group of the callback adding results now (set by the hub)
     groups: dict[str, list[str]] = field(default_factory=dict)  # console group -> result keys, in order
+    alerts: list[tuple[str, str, str]] = field(default_factory=list)  # (title, text, level), sent at flush
 
     @property
     def prefix(self) -> str:
@@ -316,6 +331,29 @@ class EvaluationContext:
     def add_media(self, name: str, build: Callable[[Any], Any]) -> None:
         """A wandb object (table, chart) built lazily from the `wandb` module, rank 0 only."""
         self.media[name] = build
+
+    def stop(self, owner: str, rule: str, reason: str, summary: dict[str, Any] | None = None) -> str:
+        """Stop training after this evaluation, the way every stop of ours is told: `STOP: <rule>` among
+        the decisions, the full message in the evaluation's block, `summary` (e.g. `early_stop_step`)
+        in the wandb summary and log_history, and a wandb alert. Returns the message.
+
+        Example:
+            ctx.stop("MetricThreshold", "threshold", "eval_json_valid_rate 0.82 < 0.9 for 2 evaluations")
+        """
+        self.control.should_training_stop = True
+        message = f"{owner} stops training at step {self.step} ({rule} rule): {reason}"
+        for name, value in (summary or {}).items():
+            self.add_summary(name, value)
+        self.console.append(f"STOP: {rule} rule")
+        self.blocks.append(f"{_INDENT}{message}")
+        self.alerts.append((f"{owner} stopped training", message, "WARN"))
+        return message
+
+    def warn(self, owner: str, message: str, alert: bool = True) -> None:
+        """A warning about this evaluation: in its console block and (by default) a wandb alert."""
+        self.blocks.append(f"{_INDENT}WARNING {owner}: {message}")
+        if alert:
+            self.alerts.append((f"{owner} warning", message, "WARN"))
 
 
 # -- the trackers report_to names ------------------------------------------------------------------
@@ -417,13 +455,15 @@ def publish(
     lines: list[str] | None = None,
     entry: dict[str, Any] | None = None,
     late: bool = False,
+    alerts: list[tuple[str, str, str]] | None = None,
 ) -> None:
     """The one way out: `scalars` (full keys, e.g. `eval_perplexity`) into `entry` (an existing
     log_history entry; else a new one at `step`), to every tracker and to wandb at `step`; run-level
     `facts` (wandb summary; a log_history entry of their own when they changed); wandb `media`; console
-    `lines`. `late`: results of an evaluation that was already flushed (a background round), merged into
-    its `entry` with the keys of the run's evaluations kept aligned. log_history is written on every rank
-    (it is every rank's trainer_state.json); the rest on rank 0 only."""
+    `lines`; wandb `alerts` (title, text, level). `late`: results of an evaluation that was already
+    flushed (a background round), merged into its `entry` with the keys of the run's evaluations kept
+    aligned. log_history is written on every rank (it is every rank's trainer_state.json); the rest on
+    rank 0 only."""
     scalars = scalars or {}
     if scalars:
         if entry is not None:
@@ -457,6 +497,8 @@ def publish(
     SINK.summarize(facts)
     for line in lines or ():
         _print(line)
+    for title, text, level in alerts or ():
+        SINK.alert(title, text, level)
 
 
 def flush_evaluation(ctx: EvaluationContext, ours: set[str] | None = None) -> None:
@@ -470,7 +512,7 @@ def flush_evaluation(ctx: EvaluationContext, ours: set[str] | None = None) -> No
     entry = last if last is not None and last.get("step") == ctx.step and f"{ctx.prefix}_runtime" in last else None
     publish(
         ctx.args, state, ctx.step, scalars=ctx.results, facts=ctx.summary, media=ctx.media,
-        lines=_console_block(ctx), entry=entry,
+        lines=_console_block(ctx), entry=entry, alerts=ctx.alerts,
     )  # fmt: skip
     if ctx.training and entry is not None:
         _align_evaluation_keys(history, entry, ctx.prefix, (ours or set()) | set(ctx.results))
@@ -510,13 +552,16 @@ def report_event(
     values: dict[str, float] | None = None,
     summary: dict[str, Any] | None = None,
     message: str | None = None,
+    alert: str | None = None,
 ) -> None:
     """Report something that happened outside an evaluation (a stop at a training step, a save).
     `values` are logged as `train/<name>` metrics at the current step; `summary` goes to the wandb
-    summary and (when changed) log_history as `ft_callbacks/<name>`."""
+    summary and (when changed) log_history as `ft_callbacks/<name>`; `alert`: a wandb alert with that
+    title and `message` as its text (for stops and warnings)."""
     step = int(state.global_step)
     lines = [f"[ft_callbacks] step {step} | {message}"] if message else []
-    publish(args, state, step, scalars=values, facts=summary, lines=lines)
+    alerts = [(alert, message or alert, "WARN")] if alert else None
+    publish(args, state, step, scalars=values, facts=summary, lines=lines, alerts=alerts)
 
 
 # The curves a user reads together, each drawn as one wandb chart at train end:
