@@ -1,10 +1,17 @@
-"""LabelScorer: accuracy, precision, recall, F1, AUC, calibration and the confusion matrix of a
-classification fine-tune, with one line and no `compute_metrics`.
+"""LabelScorer: the label metrics of a fine-tune, with one line and no `compute_metrics`, for
+single-label classification (accuracy, precision, recall, F1, AUC, calibration, the confusion
+matrix), regression (MAE, MSE, RMSE, R², MAPE, Pearson, Spearman), multi-label classification
+(micro/macro/samples F1, Hamming loss, subset accuracy, per-label F1 and AUC) and token
+classification (seqeval entity precision/recall/F1 per type and overall, token accuracy), and every
+metric also per slice of the eval set.
 
-A forward hook sees each evaluation batch's class logits (`[batch, num_labels]`) and labels and keeps
-only softmax probabilities, N x num_labels in all: never hidden states or sequence logits. At the
+A forward hook sees each evaluation batch's logits and labels and keeps only what the metrics need:
+softmax probabilities (N x num_labels) for classification, one prediction per sample for regression,
+sigmoid probabilities (N x num_labels) for multi-label, and for token classification only the arg-max
+tag id and the label of each labelled token (never the [batch, seq, num_tags] logits). At the
 evaluation the rows of every rank are gathered into dataset order (samples repeated to even out the
-last round dropped), and the numbers come from `core.label_metrics`, which calls scikit-learn.
+last round dropped), and the numbers come from `core.label_metrics` / `core.label_tasks`, which call
+scikit-learn, SciPy and seqeval.
 """
 
 from __future__ import annotations
@@ -17,8 +24,21 @@ import torch
 
 from ._compat import is_causal_lm, unwrap_model
 from .base import ConfigurationError, FtCallback, require_evaluations
-from .core.label_metrics import LabelAccumulator, LabelReport, compute_label_metrics
+from .core.label_metrics import IGNORE_INDEX, LabelAccumulator, LabelReport, compute_label_metrics
+from .core.label_tasks import (
+    MULTILABEL_METRICS,
+    REGRESSION_METRICS,
+    SEQEVAL_SCHEMES,
+    TOKEN_METRICS,
+    TaskReport,
+    multilabel_metrics,
+    regression_metrics,
+    token_metrics,
+    token_tags,
+)
+from .core.slices import DEFAULT_MIN_SLICE_SIZE, SliceReport, slice_metrics
 from .distributed import gather_eval_rows
+from .engines import find_trainer
 from .publish import EvaluationContext, _print, notice_once
 
 # Scalars LabelScorer can add to an evaluation's metrics (with the evaluation's prefix, e.g. eval_).
@@ -46,6 +66,38 @@ METRICS = (
     "best_threshold",
     "best_threshold_f1",
 )
+# The same for the other tasks (LabelScorer adds the metrics of its task only).
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": METRICS,
+    "regression": REGRESSION_METRICS,
+    "multi_label": MULTILABEL_METRICS,
+    "token_classification": TOKEN_METRICS,
+}
+ALL_METRICS = tuple(dict.fromkeys(name for names in TASK_METRICS.values() for name in names))
+_TASK_ALIASES = {
+    "classification": "classification",
+    "single_label_classification": "classification",
+    "regression": "regression",
+    "multi_label": "multi_label",
+    "multilabel": "multi_label",
+    "multi_label_classification": "multi_label",
+    "token_classification": "token_classification",
+    "ner": "token_classification",
+}
+# The metric whose worst slice is named, per task (slice_metric= overrides).
+_SLICE_HEADLINE = {
+    "classification": "f1",
+    "regression": "rmse",
+    "multi_label": "f1_micro",
+    "token_classification": "entity_f1",
+}
+_HEADLINE = {
+    "classification": ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "roc_auc", "ece", "invalid_rate"),
+    "regression": ("mae", "rmse", "r2", "pearson", "spearman"),
+    "multi_label": ("f1_micro", "f1_macro", "f1_samples", "hamming_loss", "subset_accuracy", "roc_auc_macro"),
+    "token_classification": ("entity_precision", "entity_recall", "entity_f1", "token_accuracy"),
+}
+_MAX_SCATTER_POINTS = 2000  # regression scatter points sent to wandb
 
 _MAX_TABLE_ROWS = 200  # threshold table rows sent to wandb (the full curve can have N points)
 
@@ -68,30 +120,65 @@ class LabelScorer(FtCallback):
     scikit-learn's. wandb gets a confusion-matrix chart and table (and for binary tasks a PR curve
     and a threshold table); the console gets the confusion matrix.
 
+    Other tasks, inferred from the model (`task=` overrides):
+
+    - regression (`num_labels == 1` or `problem_type="regression"`): `eval_mae`, `eval_mse`, `eval_rmse`,
+      `eval_r2`, `eval_mape` (scikit-learn), `eval_pearson`, `eval_spearman` (SciPy); wandb gets a
+      predicted-vs-true scatter plot;
+    - multi-label (`problem_type="multi_label_classification"`; a label is predicted when its sigmoid
+      probability reaches its threshold): `eval_{precision,recall,f1}_{micro,macro,samples,weighted}`,
+      `eval_hamming_loss`, `eval_subset_accuracy`, `eval_roc_auc_macro`, `eval_pr_auc_macro` and per
+      label `eval_f1_<label>`, `eval_precision_<label>`, `eval_recall_<label>`, `eval_support_<label>`,
+      `eval_roc_auc_<label>`, `eval_pr_auc_<label>` (scikit-learn);
+    - token classification (`*ForTokenClassification`): `eval_entity_precision`, `eval_entity_recall`,
+      `eval_entity_f1` overall and `eval_entity_{precision,recall,f1,support}_<TYPE>` per entity type,
+      equal to seqeval (default or strict mode), and `eval_token_accuracy`; tokens labelled -100 (the
+      non-first subwords of `run_ner`-style data, special tokens, padding) are ignored. Only the arg-max
+      tag and the label of each labelled token are kept, never the logits over the sequence.
+
+    With `slice_by`, every scalar is also computed on each slice's samples (recomputed, not averaged):
+    `eval_slice_<slice>_<metric>` and `eval_slice_<slice>_count`; a slice under `min_slice_size`
+    samples gets its count only. The console block and the wandb summary name the worst slice of the
+    task's headline metric (`slice_metric`), and wandb gets a per-slice table.
+
     It works beside a user's own `compute_metrics` and in any order with the other ft_callbacks
-    callbacks, so `BestCheckpointSaver(monitor="eval_f1")` and `metric_for_best_model="f1"` work.
+    callbacks, so `BestCheckpointSaver(monitor="eval_f1")` (or `"eval_rmse"`, `"eval_entity_f1"`, whose
+    direction is inferred) and `metric_for_best_model="f1"` work.
 
     Args:
-        label_names: class names in id order; default the model's `config.id2label`.
+        label_names: class names in id order (tag names for token classification); default the model's
+            `config.id2label`.
         positive_label: the class (name or id) whose precision/recall/F1 a binary task reports;
             default id 1.
-        per_class: add the per-class metrics to the evaluation's metrics.
+        per_class: add the per-class (per-label, per-entity-type) metrics to the evaluation's metrics.
         ece_bins: equal-width confidence bins of the expected calibration error.
         log_confusion_matrix: wandb confusion-matrix chart and table, and the console matrix.
         log_threshold_curve: wandb PR curve and threshold table (binary tasks).
+        task: "classification", "regression", "multi_label" or "token_classification" ("ner"); default
+            inferred from the model.
+        thresholds: multi-label decision threshold, one for all labels or one per label (default 0.5).
+        seqeval_mode: None for seqeval's default (CoNLL) entity matching, "strict" for its strict mode.
+        seqeval_scheme: the tagging scheme of strict mode: IOB2 (default), IOBES, IOB1, IOE1, IOE2, BILOU.
+        slice_by: a column of the eval dataset, or a function example -> slice name (e.g. a length bucket).
+        min_slice_size: slices with fewer samples are reported as too small, without values.
+        slice_metric: the metric whose worst slice is named; default f1 / rmse / f1_micro / entity_f1.
+        log_scatter: wandb predicted-vs-true scatter plot (regression).
 
     Raises:
         ConfigurationError: at construction for bad settings (`label_names` not a list of at least two
-            distinct names, `positive_label` not among them, `ece_bins` < 1); before the first step for
-            a generative model, a label count that differs from the model's `num_labels`, or training
-            labels outside the label set.
+            distinct names, `positive_label` not among them, `ece_bins` < 1, an unknown `task`,
+            thresholds outside [0, 1], an unknown seqeval mode or scheme, `slice_by` neither a column
+            name nor a function, `min_slice_size` < 1); before the first step for a generative model, a
+            label count that differs from the model's `num_labels`, training labels outside the label set,
+            or a `slice_by` column the eval dataset lacks.
 
     Example:
         >>> Trainer(model=classifier, ..., callbacks=[LabelScorer(label_names=["neg", "pos"])])
+        >>> Trainer(model=ner_model, ..., callbacks=[LabelScorer(seqeval_mode="strict", slice_by="source")])
     """
 
     console_label = "labels"
-    shared_metrics = METRICS
+    shared_metrics = ALL_METRICS
 
     def __init__(
         self,
@@ -101,7 +188,50 @@ class LabelScorer(FtCallback):
         ece_bins: int = 15,
         log_confusion_matrix: bool = True,
         log_threshold_curve: bool = True,
+        task: str | None = None,
+        thresholds: float | Sequence[float] | None = None,
+        seqeval_mode: str | None = None,
+        seqeval_scheme: str = "IOB2",
+        slice_by: str | Callable[[Any], Any] | None = None,
+        min_slice_size: int = DEFAULT_MIN_SLICE_SIZE,
+        slice_metric: str | None = None,
+        log_scatter: bool = True,
     ) -> None:
+        if task is not None and _TASK_ALIASES.get(str(task).lower()) is None:
+            raise ConfigurationError(
+                f"task={task!r} is not valid: use 'classification', 'regression', 'multi_label' or "
+                "'token_classification' (or None to infer it from the model)."
+            )
+        if thresholds is not None:
+            arr = np.asarray(thresholds, dtype=np.float64) if not isinstance(thresholds, str) else np.asarray(-1.0)
+            if arr.ndim > 1 or arr.size == 0 or not np.all((arr >= 0) & (arr <= 1)):
+                raise ConfigurationError(
+                    f"thresholds={thresholds!r} is not valid: give one probability in [0, 1] (e.g. 0.5) or one per "
+                    "label."
+                )
+        if seqeval_mode not in (None, "default", "strict"):
+            raise ConfigurationError(f"seqeval_mode={seqeval_mode!r} is not valid: use None (default) or 'strict'.")
+        if seqeval_scheme not in SEQEVAL_SCHEMES:
+            raise ConfigurationError(f"seqeval_scheme={seqeval_scheme!r} is not valid: use one of {SEQEVAL_SCHEMES}.")
+        if slice_by is not None and not (isinstance(slice_by, str) and slice_by) and not callable(slice_by):
+            raise ConfigurationError(
+                f"slice_by={slice_by!r} is not valid: give an eval dataset column name (e.g. 'source') or a function "
+                "example -> slice name (e.g. lambda ex: 'long' if len(ex['input_ids']) > 64 else 'short')."
+            )
+        if isinstance(min_slice_size, bool) or not isinstance(min_slice_size, int) or min_slice_size < 1:
+            raise ConfigurationError(f"min_slice_size={min_slice_size!r} is not valid: use a positive sample count.")
+        self.task = _TASK_ALIASES[str(task).lower()] if task is not None else None
+        self.thresholds = thresholds
+        self.seqeval_mode = None if seqeval_mode == "default" else seqeval_mode
+        self.seqeval_scheme = seqeval_scheme
+        self.slice_by = slice_by
+        self.min_slice_size = min_slice_size
+        self.slice_metric = slice_metric
+        self.log_scatter = log_scatter
+        self.last_slices: SliceReport | None = None
+        self.last_task_report: TaskReport | None = None
+        self._task: str | None = self.task
+        self._trainer: Any = None
         if label_names is not None:
             if isinstance(label_names, (str, bytes)) or not isinstance(label_names, Iterable):
                 # A string is iterable too: "np" would silently become the classes 'n' and 'p'.
@@ -147,7 +277,15 @@ class LabelScorer(FtCallback):
             raise ConfigurationError(f"positive_label={label!r} is not one of the label names {names}.")
 
     def produces(self) -> set[str]:
-        return set(METRICS)
+        if self._task is None:
+            return set(ALL_METRICS)
+        return set(TASK_METRICS[self._task])
+
+    @property
+    def resolved_task(self) -> str | None:
+        """The task being scored ("classification", "regression", "multi_label", "token_classification"),
+        once the model is known."""
+        return self._task
 
     def _attach(self, model: Any) -> None:
         if model is None or model is self._model:
@@ -159,16 +297,66 @@ class LabelScorer(FtCallback):
 
     def on_init_end(self, args, state, control, **kwargs):
         super().on_init_end(args, state, control, **kwargs)
-        self._attach(kwargs.get("model"))
+        model = kwargs.get("model")
+        self._attach(model)
+        self._find_trainer()
+        try:
+            self._task = self._infer_task(model)
+        except ConfigurationError:
+            pass  # raised with the full message at on_train_begin / the first evaluation
+
+    def _find_trainer(self) -> Any:
+        trainer = find_trainer(self)
+        if trainer is not None:
+            self._trainer = trainer
+        return self._trainer
+
+    def _infer_task(self, model: Any) -> str | None:
+        if self.task is not None:
+            return self.task
+        base = unwrap_model(model) if model is not None else None
+        if base is None:
+            return None
+        config = getattr(base, "config", None)
+        problem_type = getattr(config, "problem_type", None)
+        if problem_type == "regression" or getattr(config, "num_labels", 2) == 1:
+            return "regression"
+        if problem_type == "multi_label_classification":
+            return "multi_label"
+        if type(base).__name__.endswith("ForTokenClassification"):
+            return "token_classification"
+        return "classification"
 
     def on_train_begin(self, args, state, control, **kwargs):
         super().on_train_begin(args, state, control, **kwargs)
         require_evaluations(args, "LabelScorer", "scores at evaluations")
         model = kwargs.get("model")
         self._attach(model)
+        self._find_trainer()
         self._resolve_names(model)
-        self._check_dataset_labels(getattr(kwargs.get("train_dataloader"), "dataset", None), "train")
+        if self._task == "classification":
+            self._check_dataset_labels(getattr(kwargs.get("train_dataloader"), "dataset", None), "train")
+        self._check_slice_column()
         self._batches = []
+
+    def _eval_datasets(self) -> list[Any]:
+        trainer = self._trainer
+        dataset = getattr(trainer, "eval_dataset", None)
+        if isinstance(dataset, dict):
+            return list(dataset.values())
+        return [dataset] if dataset is not None else []
+
+    def _check_slice_column(self) -> None:
+        if not isinstance(self.slice_by, str):
+            return
+        for dataset in self._eval_datasets():
+            columns = getattr(dataset, "column_names", None)
+            if columns is not None and self.slice_by not in columns:
+                raise ConfigurationError(
+                    f"LabelScorer(slice_by={self.slice_by!r}): the eval dataset has no such column (it has "
+                    f"{list(columns)}). Add the column (it may stay in the dataset: the Trainer drops unused columns "
+                    "only from the batches), or pass a function example -> slice name."
+                )
 
     def _resolve_names(self, model: Any) -> list[str] | None:
         base = unwrap_model(model) if model is not None else None
@@ -179,7 +367,22 @@ class LabelScorer(FtCallback):
                 f"and the like), but {type(base).__name__} generates text. For an LLM that answers with label "
                 "text use GenerationScorer(label_names=[...]) instead."
             )
+        self._task = self._infer_task(model) or self._task or "classification"
         num_labels = getattr(config, "num_labels", None)
+        if self._task == "regression":
+            if num_labels not in (None, 1):
+                raise ConfigurationError(
+                    f"LabelScorer(task='regression') needs a model with one output (num_labels=1), but "
+                    f"{type(base).__name__} has num_labels={num_labels}."
+                )
+            if self.positive_label is not None:
+                raise ConfigurationError("positive_label applies to classification, not regression: drop it.")
+            self._names = None
+            return None
+        if self._task != "classification" and self.positive_label is not None:
+            raise ConfigurationError(
+                f"positive_label applies to single-label classification, not {self._task}: drop it."
+            )
         if self.label_names is not None:
             if num_labels is not None and num_labels != len(self.label_names):
                 raise ConfigurationError(
@@ -193,6 +396,13 @@ class LabelScorer(FtCallback):
             names = None
         if names is not None:
             self._check_positive(names)
+        if self._task == "multi_label" and self.thresholds is not None and names is not None:
+            count = np.asarray(self.thresholds).size
+            if np.ndim(self.thresholds) == 1 and count != len(names):
+                raise ConfigurationError(
+                    f"thresholds has {count} values but the model has {len(names)} labels: give one per label, or one "
+                    "number for all."
+                )
         self._names = names
         return names
 
@@ -226,24 +436,66 @@ class LabelScorer(FtCallback):
         try:
             labels = kwargs.get("labels")
             logits = _field(output, "logits")
-            if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            task = self._task or "classification"
+            rows = self._rows(task, logits, labels)
+            if rows is None:
                 if isinstance(labels, torch.Tensor):
                     self._no_logits += 1
                 return
-            if isinstance(labels, torch.Tensor):
-                if labels.dim() != 1:
-                    self._no_logits += 1
-                    return
-                label_column = labels.detach().cpu().numpy().astype(np.float64)
-            else:
-                # The Trainer pops the labels before the forward when it computes the loss itself
-                # (label smoothing, compute_loss_func): they are read from the eval dataset instead.
-                label_column = np.full(len(logits), np.nan)
-            probabilities = logits.detach().double().softmax(-1).cpu().numpy()
-            self._pending.append(np.concatenate([label_column[:, None], probabilities], axis=1))
+            self._pending.append(rows)
         except Exception as exc:  # measuring must never break the user's forward pass
             notice_once(f"labels:{type(exc).__name__}", f"LabelScorer could not read the batch ({exc}).")
             self._pending.append(None)  # a hole, so the ranks' batches still line up
+
+    @staticmethod
+    def _rows(task: str, logits: Any, labels: Any) -> np.ndarray | None:
+        """The per-sample rows one eval batch leaves (None when the output is not of this task)."""
+        if not isinstance(logits, torch.Tensor):
+            return None
+        has_labels = isinstance(labels, torch.Tensor)
+        if task == "regression":
+            if logits.dim() == 2 and logits.shape[1] == 1:
+                logits = logits[:, 0]
+            if logits.dim() != 1:
+                return None
+            if has_labels:
+                target = labels.detach().reshape(len(logits), -1)
+                if target.shape[1] != 1:
+                    return None
+                target = target[:, 0].double().cpu().numpy()
+            else:
+                target = np.full(len(logits), np.nan)
+            return np.stack([target, logits.detach().double().cpu().numpy()], axis=1)  # [label, prediction]
+        if task == "multi_label":
+            if logits.dim() != 2 or not has_labels or tuple(labels.shape) != tuple(logits.shape):
+                return None
+            probabilities = logits.detach().double().sigmoid().cpu().numpy()
+            return np.concatenate([labels.detach().double().cpu().numpy(), probabilities], axis=1)
+        if task == "token_classification":
+            if logits.dim() != 3 or not has_labels or tuple(labels.shape) != tuple(logits.shape[:2]):
+                return None
+            # Only the arg-max tag and the label of each labelled token leave the device: O(labelled tokens)
+            # ints, never the [batch, seq, num_tags] logits.
+            predicted = logits.detach().argmax(-1).cpu().numpy().astype(np.int32)
+            label_ids = labels.detach().cpu().numpy().astype(np.int32)
+            rows = np.empty(len(label_ids), dtype=object)
+            for i in range(len(label_ids)):
+                keep = label_ids[i] != IGNORE_INDEX
+                rows[i] = np.stack([label_ids[i][keep], predicted[i][keep]], axis=1)
+            return rows
+        # single-label classification: [label, p_0 .. p_{C-1}]
+        if logits.dim() != 2:
+            return None
+        if has_labels:
+            if labels.dim() != 1:
+                return None
+            label_column = labels.detach().cpu().numpy().astype(np.float64)
+        else:
+            # The Trainer pops the labels before the forward when it computes the loss itself
+            # (label smoothing, compute_loss_func): they are read from the eval dataset instead.
+            label_column = np.full(len(logits), np.nan)
+        probabilities = logits.detach().double().softmax(-1).cpu().numpy()
+        return np.concatenate([label_column[:, None], probabilities], axis=1)
 
     def on_prediction_step(self, args, state, control, **kwargs):
         super().on_prediction_step(args, state, control, **kwargs)
@@ -289,37 +541,179 @@ class LabelScorer(FtCallback):
                 _print(f"[ft_callbacks] step {ctx.step} | LabelScorer: an evaluation batch could not be read on some "
                        "rank; no label metrics this evaluation rather than numbers over part of the eval set.")
             return
+        task = self._task or "classification"
         if not len(rows):
             if self._no_logits:
+                shapes = {
+                    "classification": "class logits [batch, num_labels] and 1-D labels",
+                    "regression": "one output per sample ([batch] or [batch, 1] logits) and labels",
+                    "multi_label": "logits [batch, num_labels] and multi-hot labels of the same shape",
+                    "token_classification": "logits [batch, seq, num_tags] and labels [batch, seq]",
+                }
                 raise ConfigurationError(
-                    "LabelScorer needs class logits of shape [batch, num_labels] and 1-D labels from the model, "
-                    f"but {type(unwrap_model(ctx.model)).__name__} returned none this evaluation. Use a sequence "
-                    "classification model, or label_metrics() as compute_metrics for other outputs."
+                    f"LabelScorer ({task}) needs {shapes[task]} from the model, but "
+                    f"{type(unwrap_model(ctx.model)).__name__} returned none this evaluation. Use a model with such a "
+                    "head, pass task= if it was inferred wrongly, or label_metrics() as compute_metrics for other "
+                    "outputs."
                 )
             notice_once("labels:none", "LabelScorer saw no labelled evaluation batch; no label metrics this time.")
             return
+        if task == "classification":
+            scalars, score_slice, keep = self._compute_classification(ctx, rows)
+        elif task == "regression":
+            scalars, score_slice, keep = self._compute_regression(ctx, rows)
+        elif task == "multi_label":
+            scalars, score_slice, keep = self._compute_multi_label(ctx, rows)
+        else:
+            scalars, score_slice, keep = self._compute_tokens(ctx, rows)
+        headline = _HEADLINE[task]
+        for name, value in scalars.items():
+            ctx.add(name, value, show=name in headline)
+        if self.slice_by is not None:
+            self._compute_slices(ctx, len(rows), keep, score_slice)
+
+    def _compute_classification(self, ctx: EvaluationContext, rows: np.ndarray) -> tuple:
         if np.isnan(rows[:, 0]).any():
             rows[:, 0] = self._labels_from_dataset(ctx, len(rows))
         labels = rows[:, 0].astype(np.int64)
         probabilities = rows[:, 1:]
         names = self._names or [str(i) for i in range(probabilities.shape[1])]
         keep = labels != -100
+        labels, probabilities = labels[keep], probabilities[keep]
         report = compute_label_metrics(
-            labels[keep],
-            probabilities=probabilities[keep],
-            label_names=names,
-            positive_label=self.positive_label,
+            labels, probabilities=probabilities, label_names=names, positive_label=self.positive_label,
             ece_bins=self.ece_bins,
-        )
+        )  # fmt: skip
         self.last_report = report
-        values = report.flat() if self.per_class else report.scalars
-        headline = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "roc_auc", "ece", "invalid_rate")
-        for name, value in values.items():
-            ctx.add(name, value, show=name in headline)
+        self._notes(ctx, report.notes)
+        self._add_media(ctx, report, labels, probabilities)
+
+        def score_slice(index: np.ndarray) -> dict[str, float]:
+            return compute_label_metrics(
+                labels[index], probabilities=probabilities[index], label_names=names,
+                positive_label=self.positive_label, ece_bins=self.ece_bins,
+            ).scalars  # fmt: skip
+
+        return (report.flat() if self.per_class else report.scalars), score_slice, keep
+
+    def _compute_regression(self, ctx: EvaluationContext, rows: np.ndarray) -> tuple:
+        if np.isnan(rows[:, 0]).any():
+            rows[:, 0] = self._labels_from_dataset(ctx, len(rows))
+        targets, predictions = rows[:, 0], rows[:, 1]
+        report = regression_metrics(targets, predictions)
+        self.last_task_report = report
+        self._notes(ctx, report.notes)
+        if ctx.is_main and self.log_scatter:
+            ctx.add_media(f"{ctx.prefix}/predicted_vs_true", _scatter_chart(targets, predictions, ctx.prefix))
+
+        def score_slice(index: np.ndarray) -> dict[str, float]:
+            return regression_metrics(targets[index], predictions[index]).scalars
+
+        return report.scalars, score_slice, None
+
+    def _compute_multi_label(self, ctx: EvaluationContext, rows: np.ndarray) -> tuple:
+        width = rows.shape[1] // 2
+        targets, probabilities = rows[:, :width], rows[:, width:]
+        names = self._names or [str(i) for i in range(width)]
+        report = multilabel_metrics(targets, probabilities, label_names=names, thresholds=self.thresholds)
+        self.last_task_report = report
+        self._notes(ctx, report.notes)
+
+        def score_slice(index: np.ndarray) -> dict[str, float]:
+            return multilabel_metrics(
+                targets[index], probabilities[index], label_names=names, thresholds=self.thresholds
+            ).scalars
+
+        return (report.flat() if self.per_class else report.scalars), score_slice, None
+
+    def _compute_tokens(self, ctx: EvaluationContext, rows: np.ndarray) -> tuple:
+        if self._names is None:
+            raise ConfigurationError(
+                "LabelScorer cannot name the tags of this token-classification model: set config.id2label, or "
+                "pass label_names=[...] (one tag per id, e.g. ['O', 'B-PER', 'I-PER'])."
+            )
+        true_tags, pred_tags = token_tags([r[:, 1] for r in rows], [r[:, 0] for r in rows], self._names)
+        report = token_metrics(true_tags, pred_tags, mode=self.seqeval_mode, scheme=self.seqeval_scheme)
+        self.last_task_report = report
+        self._notes(ctx, report.notes)
+
+        def score_slice(index: np.ndarray) -> dict[str, float]:
+            return token_metrics(
+                [true_tags[i] for i in index], [pred_tags[i] for i in index], mode=self.seqeval_mode,
+                scheme=self.seqeval_scheme,
+            ).scalars  # fmt: skip
+
+        return (report.flat() if self.per_class else report.scalars), score_slice, None
+
+    @staticmethod
+    def _notes(ctx: EvaluationContext, notes: list[str]) -> None:
         if ctx.is_main:
-            for note in report.notes:
+            for note in notes:
                 notice_once(f"labels:{note}", f"LabelScorer: {note}")
-        self._add_media(ctx, report, labels[keep], probabilities[keep])
+
+    # -- slices --------------------------------------------------------------------------------
+    def _slice_datasets(self, ctx: EvaluationContext) -> list[Any]:
+        """The datasets slice values may come from: the Trainer's own eval dataset of this evaluation
+        (every column kept), then the one the eval loop read (unused columns removed)."""
+        found = []
+        dataset = getattr(self._trainer, "eval_dataset", None)
+        if isinstance(dataset, dict):
+            dataset = dataset.get(ctx.prefix.removeprefix("eval_"))
+        if dataset is not None:
+            found.append(dataset)
+        loaded = getattr(ctx.eval_dataloader, "dataset", None)
+        if loaded is not None:
+            found.append(loaded)
+        return found
+
+    def _slice_values(self, ctx: EvaluationContext, count: int) -> list[str] | None:
+        for dataset in self._slice_datasets(ctx):
+            try:
+                if len(dataset) != count:
+                    continue
+            except TypeError:
+                continue
+            if isinstance(self.slice_by, str):
+                columns = getattr(dataset, "column_names", None) or []
+                if self.slice_by not in columns:
+                    continue
+                return [str(v) for v in dataset[self.slice_by]]
+            return [str(self.slice_by(dataset[i])) for i in range(count)]  # type: ignore[misc, operator]
+        return None
+
+    def _compute_slices(
+        self, ctx: EvaluationContext, count: int, keep: np.ndarray | None, score_slice: Callable
+    ) -> None:
+        names = self._slice_values(ctx, count)
+        if names is None:
+            if ctx.is_main:
+                notice_once(
+                    "labels:slices",
+                    f"LabelScorer(slice_by={self.slice_by!r}): the evaluated dataset ({count} samples) has no such "
+                    "column, or is not a sized dataset of that length; no per-slice metrics.",
+                )
+            return
+        if keep is not None:
+            names = [name for name, kept in zip(names, keep, strict=True) if kept]
+        report = slice_metrics(names, score_slice, min_slice_size=self.min_slice_size)
+        self.last_slices = report
+        keys = dict(zip(report.names, _slice_keys(report.names), strict=True))
+        for result in report.slices:
+            ctx.add(f"slice_{keys[result.name]}_count", result.count, show=False)
+            for metric, value in result.values.items():
+                ctx.add(f"slice_{keys[result.name]}_{metric}", value, show=False)
+        metric = self.slice_metric or _SLICE_HEADLINE[self._task or "classification"]
+        worst = report.worst(metric)
+        if worst is not None:
+            ctx.add_summary(f"worst_slice_{metric}", worst.name)
+        if not ctx.is_main:
+            return
+        for result in report.slices:
+            for note in result.notes:
+                notice_once(f"labels:slice:{result.name}:{note}", f"LabelScorer, slice {result.name!r}: {note}")
+        ctx.blocks.append(format_slices(report, metric, self.slice_by, ctx.step))
+        columns, data = report.rows()
+        ctx.add_media(f"{ctx.prefix}/slices", _table(columns, data))
 
     def _add_media(self, ctx: EvaluationContext, report: LabelReport, labels: np.ndarray, probs: np.ndarray) -> None:
         if not ctx.is_main:
@@ -357,6 +751,48 @@ def _class_names(config: Any, num_labels: int) -> list[str]:
         if all(real) and len(set(real)) == num_labels and real != names:
             return real  # type: ignore[return-value]
     return names
+
+
+def _slice_keys(names: list[str]) -> list[str]:
+    from .core.label_metrics import flat_label_keys
+
+    return flat_label_keys(names)
+
+
+def format_slices(report: SliceReport, metric: str, slice_by: Any, step: int) -> str:
+    """The console lines of a sliced evaluation: each slice's count and `metric`, the worst one named,
+    the slices too small for a number marked as such."""
+    by = slice_by if isinstance(slice_by, str) else getattr(slice_by, "__name__", "function")
+    worst = report.worst(metric)
+    head = f"[ft_callbacks] step {step} | {metric} by slice ({by})"
+    head += f": worst {worst.name!r} {worst.values[metric]:.4g} (n={worst.count})" if worst else ": no slice has it"
+    parts = []
+    for result in report.slices:
+        if result.too_small:
+            parts.append(f"{result.name} (n={result.count}): too small (< {report.min_slice_size})")
+        elif metric in result.values:
+            parts.append(f"{result.name} (n={result.count}): {result.values[metric]:.4g}")
+        else:
+            parts.append(f"{result.name} (n={result.count}): undefined")
+    return head + "\n    " + ", ".join(parts)
+
+
+def _table(columns: list[str], data: list[list[Any]]) -> Callable:
+    def build(wandb: Any) -> Any:
+        return wandb.Table(columns=columns, data=data)
+
+    return build
+
+
+def _scatter_chart(targets: np.ndarray, predictions: np.ndarray, prefix: str) -> Callable:
+    picks = np.unique(np.linspace(0, len(targets) - 1, min(len(targets), _MAX_SCATTER_POINTS)).round().astype(int))
+    data = [[float(targets[i]), float(predictions[i])] for i in picks]
+
+    def build(wandb: Any) -> Any:
+        table = wandb.Table(data=data, columns=["true", "predicted"])
+        return wandb.plot.scatter(table, "true", "predicted", title=f"{prefix} predicted vs true")
+
+    return build
 
 
 def format_confusion_matrix(matrix: np.ndarray, names: Sequence[str], title: str = "confusion matrix") -> str:
