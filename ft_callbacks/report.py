@@ -421,7 +421,24 @@ def _summary_lines(run: _Run) -> list[str]:
     labels = _latest_scores(run, _LABEL_METRICS, with_baseline=False, title="Label metrics")
     if labels:
         lines.append(labels)
+    lines.extend(_human_lines(run.root))
     lines.extend(f"Note: {note}" for note in run.notes)
+    return lines
+
+
+def _human_lines(root: Path) -> list[str]:
+    """One line per imported human comparison (`ft-callbacks compare RUN_DIR --import FILE`)."""
+    from .human_compare import read_human_results
+
+    lines = []
+    for entry in read_human_results(root):
+        line = (f"Human check at step {entry.get('step')}: win rate {_fmt(_number(entry.get('win_rate')))} over "
+                f"{entry.get('pairs')} pairs ({entry.get('wins')} wins, {entry.get('losses')} losses, "
+                f"{entry.get('ties')} ties)")  # fmt: skip
+        if entry.get("judge_pairs"):
+            line += (f"; the judge agrees on {_fmt(_number(entry.get('judge_agreement')))} of {entry['judge_pairs']}"
+                     f" (Cohen's kappa {_fmt(_number(entry.get('judge_kappa')))})")  # fmt: skip
+        lines.append(line + ".")
     return lines
 
 

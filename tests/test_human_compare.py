@@ -134,3 +134,19 @@ def test_a_person_chooses_in_chromium_and_the_choices_import(tmp_path):
     # Importing again replaces, never duplicates.
     import_choices(run_dir, saved)
     assert len(read_human_results(run_dir)) == 1
+
+
+def test_the_report_shows_the_human_check(tmp_path):
+    from ft_callbacks.report import build_report
+
+    run_dir = tmp_path / "run"
+    _, key_file = write_compare_page(PAIRS, run_dir / "ft_callbacks" / "human", step=40, seed=1)
+    key = json.loads(key_file.read_text())
+    (run_dir / "trainer_state.json").write_text(json.dumps({"global_step": 40, "log_history": [
+        {"loss": 2.0, "step": 20}, {"eval_loss": 2.5, "step": 40, "eval_runtime": 1.0}]}))  # fmt: skip
+    choices = tmp_path / "choices.json"
+    choices.write_text(json.dumps({"page": key["page"], "step": 40, "choices": {"p0": "tie", "p1": "tie"}}))
+    import_choices(run_dir, choices)
+    summary = build_report(run_dir, formats="html").summary
+    assert "Human check at step 40: win rate 0.5 over 2 pairs (0 wins, 0 losses, 2 ties)" in summary
+    assert "the judge agrees on 0 of 2 (Cohen's kappa" in summary
