@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Literal, overload
 
 from .errors import ConfigurationError
+from .task_metrics import TASK_METRICS, RoundInput, TaskMetric, canonical_name, metric_from_spec
 
 
 class ScoringCancelled(RuntimeError):
@@ -84,7 +85,7 @@ _ROUGE_TYPE_RE = re.compile(r"^rouge([1-9]|L|Lsum)$")
 
 References = Sequence[str] | Sequence[Sequence[str]]
 MetricFn = Callable[[list[str], Any], Mapping[str, Any]]
-MetricSpec = str | MetricFn
+MetricSpec = str | MetricFn | TaskMetric | Mapping[str, Any]
 
 
 @dataclass
@@ -96,13 +97,16 @@ class TextScores:
         plus the keys returned by callable or `evaluate` metrics.
     per_sample: per-sample values in prediction order for the metrics that have them (ROUGE F,
         sentence chrF, bertscore_*, exact_match, and list-valued outputs of extra metrics).
-    signatures: how the numbers were made: sacrebleu signatures ("bleu", "chrf"), the bert_score
-        hash ("bertscore") and the ROUGE backend and settings ("rouge").
+    signatures: how the numbers were made: sacrebleu signatures ("bleu", "chrf", "self_bleu"), the
+        bert_score hash ("bertscore") and the ROUGE backend and settings ("rouge").
+    details: per-sample strings of task metrics, in prediction order: why a sample failed
+        (`json_schema_error`: the schema rule; `json_valid_error`; `run` for pass@k), '' where it did not.
     """
 
     corpus: dict[str, float]
     per_sample: dict[str, list[float]] = field(default_factory=dict)
     signatures: dict[str, str] = field(default_factory=dict)
+    details: dict[str, list[str]] = field(default_factory=dict)
 
 
 def default_bertscore_model() -> tuple[str, int] | None:
@@ -225,7 +229,7 @@ def _likely_typo(name: str) -> str | None:
         return "exact_match"
     if re.fullmatch(r"rouge([1-9]|l|lsum)", norm):
         return "rouge"
-    for known in KNOWN_METRICS:
+    for known in (*KNOWN_METRICS, *TASK_METRICS):
         if _osa_distance(norm, known.replace("_", "")) <= 1:
             return known
     return None
@@ -695,11 +699,16 @@ def _merge_extra(name: str, result: Any, n: int, corpus: dict[str, float], per_s
 class TextScorer:
     """Scores predictions against references with ROUGE, BLEU, chrF, BERTScore and exact match.
 
-    metrics: names from KNOWN_METRICS; a callable `(predictions, references) -> dict[str, float]`
-        (references as given: list[str] or list[list[str]]), whose keys join `corpus`; or any other
-        string, loaded with `evaluate.load(name)` at first use (hub metrics need network access).
+    metrics: names from KNOWN_METRICS; task metrics (core/task_metrics.py): objects such as
+        `JsonSchema(schema)`, `Regex(r"^\\d+$")`, `PassAtK(k=(1, 5))`, `Toxicity(classifier)`, names of
+        those needing no options (`json_valid`, `distinct`, `self_bleu`, `repetition`, `mean_length`,
+        `empty`, `truncated`) or their config form (`{"regex": "^\\d+$"}`, see `metric_from_spec`);
+        a callable `(predictions, references) -> dict[str, float]` (references as given: list[str]
+        or list[list[str]]), whose keys join `corpus`; or any other string, loaded with
+        `evaluate.load(name)` at first use (hub metrics need network access).
     references: list[str], or list[list[str]] for several references per sample (counts may
-        differ). Given here, their side is prepared once and reused by every `score()` call.
+        differ). Given here, their side is prepared once and reused by every `score()` call. Not
+        needed when every metric is reference-free (structure, diversity, safety).
     use_stemmer / rouge_types: as `rouge_score.rouge_scorer.RougeScorer`; rougeLsum splits on "\\n".
     rouge_backend: "auto" (rouge-score-rs when installed, else rouge-score), "rs" or "rouge-score".
     bleu_tokenize: a sacrebleu tokenizer name (None: its default, '13a'). lowercase: for BLEU,
@@ -777,7 +786,7 @@ class TextScorer:
 
     @staticmethod
     def _check_metrics(metrics: Any) -> list[MetricSpec]:
-        if isinstance(metrics, str) or callable(metrics):
+        if isinstance(metrics, (str, Mapping)) or callable(metrics):
             metrics = [metrics]
         try:
             metrics = list(metrics)
@@ -788,7 +797,15 @@ class TextScorer:
         if not metrics:
             raise ConfigurationError(f"metrics is empty: pick some of {KNOWN_METRICS}.")
         seen: set[Any] = set()
+        out: list[MetricSpec] = []
         for m in metrics:
+            if isinstance(m, Mapping) or (isinstance(m, str) and canonical_name(m) is not None):
+                # A task metric by name or as a config writes it ({"regex": "^\\d+$"}): its object, checked now.
+                if isinstance(m, str) and canonical_name(m) in seen:
+                    raise ConfigurationError(f"metric {m!r} is listed twice.")
+                seen.add(canonical_name(m) if isinstance(m, str) else None)
+                m = metric_from_spec(m)
+            out.append(m)
             if callable(m):
                 continue
             if not isinstance(m, str) or not m:
@@ -812,7 +829,17 @@ class TextScorer:
                     f"unknown metric {m!r}: known metrics are {KNOWN_METRICS}; other names are loaded with "
                     "evaluate.load(name), which needs `pip install evaluate` (and network access for hub metrics)."
                 )
-        return metrics
+        owner: dict[str, TaskMetric] = {}
+        for m in out:
+            if isinstance(m, TaskMetric):
+                for key in m.keys():
+                    if key in owner and key != "json_valid_rate":  # JsonValid and JsonSchema may both report it
+                        raise ConfigurationError(
+                            f"{owner[key]!r} and {m!r} both report {key!r}: give one of them a name= of its own "
+                            f"(e.g. {type(m).__name__}(..., name='{m.name}_2'))."
+                        )
+                    owner[key] = m
+        return out
 
     @staticmethod
     def _check_rouge_options(rouge_types: Sequence[str], backend: str) -> list[str]:
@@ -899,7 +926,15 @@ class TextScorer:
         """The init references as given (None when none were)."""
         return None if self._refs is None else self._refs.as_given()
 
-    def _resolve(self, n: int, references: Any, indices: Any) -> tuple[_Refs, list[int] | None]:
+    @property
+    def needs_references(self) -> bool:
+        """Whether some metric scores against references (the task metrics of structure, diversity and
+        safety do not)."""
+        return any(not isinstance(m, TaskMetric) or m.needs_references for m in self.metrics)
+
+    def _resolve(self, n: int, references: Any, indices: Any) -> tuple[_Refs | None, list[int] | None]:
+        if references is None and indices is None and self._refs is None and not self.needs_references:
+            return None, None
         if references is not None:
             if indices is not None:
                 raise ConfigurationError(
@@ -942,9 +977,13 @@ class TextScorer:
         references: References | None = None,
         indices: Sequence[int] | None = None,
         stop: Any = None,
+        truncated: Sequence[bool] | None = None,
     ) -> TextScores:
         """Score `predictions` against `references` (default: the init references, or the subset
         `indices` of them, one index per prediction).
+
+        `truncated`: per prediction, whether its generation stopped at `max_new_tokens` (for
+        `truncated_rate`; GenerationScorer passes it).
 
         `stop`: an optional `threading.Event`; once it is set, the call gives up at the next metric or
         BERTScore batch and raises `ScoringCancelled` (so a thread scoring in the background can be
@@ -953,12 +992,28 @@ class TextScorer:
         preds = _normalize_predictions(predictions)
         refs, idx = self._resolve(len(preds), references, indices)
         cached = references is None
-        sacre_indices = (idx if idx is not None else list(range(len(refs.groups)))) if cached else None
+        sacre_indices = (idx if idx is not None else list(range(len(preds)))) if cached else None
+        flags = self._check_truncated(truncated, len(preds))
         corpus: dict[str, float] = {}
         per_sample: dict[str, list[float]] = {}
         signatures: dict[str, str] = {}
+        details: dict[str, list[str]] = {}
+        round_input = RoundInput(
+            list(preds), None if refs is None else [list(g) for g in refs.groups],
+            idx if idx is not None else list(range(len(preds))), flags,
+        )  # fmt: skip
         for metric in self.metrics:
             halt.check()
+            if isinstance(metric, TaskMetric):
+                result = metric.score(round_input)
+                corpus.update(result.corpus)
+                per_sample.update(result.per_sample)
+                details.update(result.details)
+                signature = getattr(metric, "signature", None)
+                if callable(signature):
+                    signatures[metric.name] = signature()
+                continue
+            assert refs is not None
             if callable(metric):
                 name = getattr(metric, "__name__", type(metric).__name__)
                 _merge_extra(name, metric(list(preds), refs.as_given()), len(preds), corpus, per_sample)
@@ -1001,7 +1056,18 @@ class TextScorer:
                 except Exception as exc:
                     raise ConfigurationError(f"evaluate metric {metric!r} failed on these inputs: {exc}") from exc
                 _merge_extra(metric, result, len(preds), corpus, per_sample)
-        return TextScores(corpus, per_sample, signatures)
+        return TextScores(corpus, per_sample, signatures, details)
+
+    @staticmethod
+    def _check_truncated(truncated: Any, n: int) -> list[bool] | None:
+        if truncated is None:
+            return None
+        if isinstance(truncated, (str, bytes)):
+            raise ConfigurationError("truncated must be a list of booleans, one per prediction.")
+        flags = [bool(f) for f in truncated]
+        if len(flags) != n:
+            raise ConfigurationError(f"{n} predictions but {len(flags)} truncated flags: pass one per prediction.")
+        return flags
 
     def load_metrics(self) -> None:
         """Load every `evaluate` metric now rather than at the first `score()`, so a name that does not
@@ -1030,6 +1096,9 @@ class TextScorer:
         if self._bert is not None:
             self._bert.close()
         self._evaluate_modules.clear()
+        for metric in self.metrics:
+            if isinstance(metric, TaskMetric):
+                metric.close()
 
     def __enter__(self) -> TextScorer:
         return self
@@ -1041,7 +1110,7 @@ class TextScorer:
 @overload
 def score_texts(
     predictions: Sequence[str],
-    references: References,
+    references: References | None = ...,
     metrics: MetricSpec | Sequence[MetricSpec] = ...,
     *,
     per_sample: Literal[False] = ...,
@@ -1052,7 +1121,7 @@ def score_texts(
 @overload
 def score_texts(
     predictions: Sequence[str],
-    references: References,
+    references: References | None = ...,
     metrics: MetricSpec | Sequence[MetricSpec] = ...,
     *,
     per_sample: Literal[True],
@@ -1062,18 +1131,25 @@ def score_texts(
 
 def score_texts(
     predictions: Sequence[str],
-    references: References,
+    references: References | None = None,
     metrics: MetricSpec | Sequence[MetricSpec] = ("rouge", "bleu", "bertscore"),
     *,
     per_sample: bool = False,
+    truncated: Sequence[bool] | None = None,
     **options: Any,
 ) -> dict[str, float] | TextScores:
-    """One-shot scoring: the corpus dict, or the whole `TextScores` (per-sample values and
-    signatures too) with per_sample=True. `options` are TextScorer's keyword options. The BERT
-    model is freed afterwards; to score repeatedly against the same references, keep a TextScorer."""
+    """One-shot scoring: the corpus dict, or the whole `TextScores` (per-sample values, signatures and
+    task metrics' details too) with per_sample=True. `options` are TextScorer's keyword options;
+    `truncated` as in `TextScorer.score`. References may be None when every metric is reference-free.
+    The BERT model is freed afterwards; to score repeatedly against the same references, keep a TextScorer.
+
+    Example:
+        >>> score_texts(['{"a": 1}', "x"], metrics=("json_valid", Regex(r"x"), "distinct"))
+        {'json_valid_rate': 0.5, 'regex_match_rate': 0.5, 'distinct_1': 1.0, 'distinct_2': 1.0}
+    """
     scorer = TextScorer(metrics, references, **options)
     try:
-        scores = scorer.score(predictions)
+        scores = scorer.score(predictions, truncated=truncated)
     finally:
         scorer.close()
     return scores if per_sample else scores.corpus
