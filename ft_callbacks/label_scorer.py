@@ -705,7 +705,7 @@ class LabelScorer(FtCallback):
         metric = self.slice_metric or _SLICE_HEADLINE[self._task or "classification"]
         worst = report.worst(metric)
         if worst is not None:
-            ctx.add_summary(f"worst_slice_{metric}", worst.name)
+            ctx.add_summary(f"worst_slice/{ctx.prefix}_{metric}", worst.name)
         if not ctx.is_main:
             return
         for result in report.slices:
