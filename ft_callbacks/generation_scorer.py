@@ -28,6 +28,7 @@ from .base import ConfigurationError, FtCallback, _Hub, require_evaluations
 from .core.modes import normalize_metric_name
 from .distributed import broadcast_from_main, is_distributed
 from .engines import find_trainer
+from .generation.judging import JudgeOptions, write_usage
 from .generation.prompt_set import PromptSet, model_context
 from .generation.reference_scores import LABEL_KEYS, METRIC_KEYS, ReferenceScorer
 from .generation.scoring_queue import MAX_QUEUED_ROUNDS, QueuedRound, ScoringQueue
@@ -94,6 +95,24 @@ class GenerationScorer(FtCallback):
             `bertscore_num_layers`, `bertscore_idf`, `device`).
         scoring_timeout: seconds to wait for a background round (at train end, or for room in a
             full queue) before dropping it, and the rounds queued behind it, with one line saying so.
+        judge: a `ft_callbacks.judge.Judge` (`Judge.openai(model=...)`, `Judge.local(path)`, or your own
+            subclass). Each scored round then adds its pointwise score `eval_judge_score` (1-10; the
+            judge sees the reference) and `eval_judge_<criterion>` per `rubric` item. The judge runs on
+            rank 0 only, inside the scoring round (in the background thread when scoring there),
+            through a verdict cache in `output_dir/ft_callbacks/judge/cache.sqlite` (a rerun or a resume
+            over the same outputs makes no new calls); a judge that is down skips its numbers for that
+            round and training goes on. Every judged round's pairs go to
+            `output_dir/ft_callbacks/judge/pairs.jsonl` and to the wandb table `eval/judge_samples`.
+        rubric: criteria for the pointwise score, "helpfulness, correctness, tone" or a list.
+        win_rate: judge each output against the base model's output for the same prompt, in both
+            orders: `eval_win_rate` ((wins + ties/2) / valid pairs), `eval_tie_rate`,
+            `eval_win_rate_ci_low`/`_high` (Wilson, 95%), `eval_judge_flip_rate`, `eval_length_ratio`,
+            `eval_win_rate_lc` (length-controlled) and `eval_judge_invalid_rate`. The base outputs are
+            generated once at step 0 (a PEFT model: with its adapters disabled) and kept with a
+            fingerprint under `output_dir/ft_callbacks/base/`, reused on resume.
+        baseline_generations: another model's outputs (one per prompt) to compare against instead.
+        max_invalid_rate: above this share of invalid verdicts (unparseable, refused, errors) a
+            round's judge numbers are skipped with a warning (invalid answers never count as losses).
 
     Raises:
         ConfigurationError: at construction for prompts, references, datasets, metrics or settings that
@@ -130,6 +149,11 @@ class GenerationScorer(FtCallback):
         max_table_rows: int = 2000,
         scorer_options: dict[str, Any] | None = None,
         scoring_timeout: float = 600.0,
+        judge: Any = None,
+        rubric: str | Sequence[str] | None = None,
+        win_rate: bool = False,
+        baseline_generations: Sequence[str] | None = None,
+        max_invalid_rate: float = 0.2,
     ) -> None:
         if not (isinstance(background, bool) or (isinstance(background, str) and background == "auto")):
             raise ConfigurationError(
@@ -160,6 +184,7 @@ class GenerationScorer(FtCallback):
             # Built now so a bad option or a missing backend fails at construction.
             self._scoring.set_references(self._prompts.sampled_references() or [])
         self._scoring.load_metrics()  # an evaluate name that does not load fails now, not at every round
+        self._judging = JudgeOptions(judge, rubric, win_rate, baseline_generations, max_invalid_rate)
         self.every_n_evals = every_n_evals
         self.every_n_steps = every_n_steps
         self.baseline = baseline
@@ -207,8 +232,12 @@ class GenerationScorer(FtCallback):
     add_hint = "GenerationScorer(prompts=..., references=...)"
     record_name = "generation_scorer"
 
+    judge = property(lambda self: self._judging.judge)
+    rubric = property(lambda self: self._judging.rubric)
+    win_rate = property(lambda self: self._judging.win_rate)
+
     def produces(self) -> set[str]:
-        names = self._scoring.produces()
+        names = self._scoring.produces() | self._judging.produces()
         return names | {f"{n}_delta" for n in names}
 
     # -- state (kept in the Trainer's checkpoints by the base, restored in place on resume) ---------
@@ -240,6 +269,7 @@ class GenerationScorer(FtCallback):
         if following and state.is_world_process_zero and self._prompt_ids is not None:
             notice_once("gen:follow", following)
         self._sync = not self._background_pays(model)
+        known_base = self._setup_judge(args, state, model, tokenizer)
         if state.global_step > 0:
             # `_restored`: set by a Trainer that rebuilt us from a checkpoint of an earlier version.
             saved = self._restored or self.saved_state(state)
@@ -264,9 +294,26 @@ class GenerationScorer(FtCallback):
             # holds the baseline the deltas are computed against.
             self.validate(args, state, self._hub(state))
             wait = self._sync or is_distributed()
-            self._run_round(args, state, model, tokenizer, ctx=None, wait=wait, is_baseline=True)
+            self._run_round(args, state, model, tokenizer, ctx=None, wait=wait, is_baseline=True, known=known_base)
+
+    def _setup_judge(self, args: Any, state: Any, model: Any, tokenizer: Any) -> dict[int, str] | None:
+        """Preflight the judge and find the base model's outputs (see generation/judging.py)."""
+        if not self._judging.active:
+            return None
+        self._judging.setup(args, state)
+        self._judging.preflight(state)
+        if model is None or self._prompt_ids is None:
+            return None
+        raw = self._raw_prompts if self._raw_prompts is not None else self.dataset
+        total = len(raw) if raw is not None else None
+        return self._judging.prepare_base(
+            args, state, unwrap_model(model), self._settings(None), list(self._prompt_texts),
+            lambda items: self._prompts.sample(items)[1],
+            lambda base: self.generate(base, tokenizer, args, show_progress=False), total,
+        )  # fmt: skip
 
     def validate(self, args: Any, state: Any, hub: _Hub) -> None:
+        self._judging.preflight(state)  # a wrong URL, key or model name fails before step 1
         produced = {f"eval_{n}" for n in self.produces()}
         watchers = []
         if getattr(args, "metric_for_best_model", None):
@@ -351,7 +398,8 @@ class GenerationScorer(FtCallback):
             self._failed(state, step, "generation", str(exc))
             return
         generated_s = time.perf_counter() - started
-        self.reused_last_round = len(known or {})
+        # The baseline round may reuse the base outputs the judge generated: not the Seq2SeqTrainer's texts.
+        self.reused_last_round = 0 if is_baseline else len(known or {})
         texts = [g or "" for g in generations]
         if not state.is_world_process_zero:
             if wait:  # rank 0 scores and broadcasts; take part so every rank sees the same numbers
@@ -359,21 +407,30 @@ class GenerationScorer(FtCallback):
             return
         if wait:
             try:
-                result = self._score_timed(texts, generated_s, self.reused_last_round)
+                result = self._score_timed(texts, generated_s, self.reused_last_round, step=step,
+                                           is_baseline=is_baseline)
             except Exception as exc:
                 result = {"error": f"{type(exc).__name__}: {exc}"}
             result = broadcast_from_main(result)
             self._apply(args, state, step, prefix, result, texts, ctx, is_baseline)
             return
-        job = functools.partial(self._score_timed, texts, generated_s, self.reused_last_round)
+        job = functools.partial(self._score_timed, texts, generated_s, self.reused_last_round, step=step,
+                                is_baseline=is_baseline)
         self._queue.submit(step, job, (prefix, texts, is_baseline), self._late_result(args, state))
 
     def _score_timed(
-        self, texts: list[str], generated_s: float, reused: int, stop: threading.Event | None = None
+        self, texts: list[str], generated_s: float, reused: int, stop: threading.Event | None = None,
+        step: int = 0, is_baseline: bool = False,
     ) -> dict[str, Any]:
         started = time.perf_counter()
         result = self.score(texts, stop=stop)
-        result["seconds"] = {"generation": generated_s, "scoring": time.perf_counter() - started}
+        scored = time.perf_counter()
+        result["seconds"] = {"generation": generated_s, "scoring": scored - started}
+        if self._judging.active:  # rank 0 only: this runs where the scoring runs
+            judged = self._judging.run(step, list(self._prompt_texts), texts, list(self._references), is_baseline)
+            result["corpus"].update(judged.pop("metrics"))
+            result["judge"] = judged
+            result["seconds"]["judge"] = time.perf_counter() - scored
         result["reused"] = reused
         return result
 
@@ -426,8 +483,19 @@ class GenerationScorer(FtCallback):
             self._signatures = signatures
             summary.update(signatures)
         media = self._media(prefix, rows, result["per_sample"])
+        warnings: list[str] = []
+        judged = result.get("judge")
+        if judged is not None:
+            media.update(self._judging.media(prefix, judged["rows"], self.max_table_rows))
+            summary.update(judged["usage"])
+            warnings = judged["warnings"]
+            if state.is_world_process_zero:
+                self._judging.save_pairs(args.output_dir, judged["records"])
+                write_usage(args.output_dir, judged["usage"])
         seconds = result.get("seconds", {})
         note = f"generated in {seconds.get('generation', 0):.1f}s" if seconds else ""
+        if "judge" in seconds:
+            note += f", judged in {seconds['judge']:.1f}s"
         if result.get("reused"):
             note += f" ({result['reused']} of {len(texts)} texts reused from the Seq2SeqTrainer's predictions)"
         if ctx is not None and ctx.step == step:
@@ -440,8 +508,10 @@ class GenerationScorer(FtCallback):
                 ctx.add_media(name, build)
             if note:
                 ctx.console.append(note)
+            for warning in warnings:
+                ctx.warn("GenerationScorer judge", warning)
         else:
-            self._publish(args, state, step, prefix, values, summary, media, is_baseline, note)
+            self._publish(args, state, step, prefix, values, summary, media, is_baseline, note, warnings)
         if state.is_world_process_zero:
             self._write_record(args)
 
@@ -470,7 +540,7 @@ class GenerationScorer(FtCallback):
 
     def _publish(
         self, args: Any, state: Any, step: int, prefix: str, values: dict[str, float], summary: dict[str, Any],
-        media: dict[str, Callable], is_baseline: bool, note: str,
+        media: dict[str, Callable], is_baseline: bool, note: str, warnings: Sequence[str] = (),
     ) -> None:
         """Results that arrive outside their evaluation (baseline, background scoring, step rounds): into
         that step's log_history entry (a new one in step order if none), and to the trackers at that step."""
@@ -480,9 +550,11 @@ class GenerationScorer(FtCallback):
         label = "baseline (before training)" if is_baseline else "generation scores"
         shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if not k.endswith("_delta"))
         line = f"[ft_callbacks] step {step} | {label}: {shown}" + (f" | {note}" if note else "")
+        lines = [line] + [f"[ft_callbacks] step {step} | WARNING GenerationScorer judge: {w}" for w in warnings]
         publish(
             args, state, step, scalars={f"{prefix}_{k}": v for k, v in values.items()}, facts=summary, media=media,
-            lines=[line], entry=target, late=target is not None,
+            lines=lines, entry=target, late=target is not None,
+            alerts=[("GenerationScorer judge warning", w, "WARN") for w in warnings],
         )  # fmt: skip
 
     # -- events ----------------------------------------------------------------------------------
@@ -512,6 +584,7 @@ class GenerationScorer(FtCallback):
             self._queue.drop_unfinished(announce=state.is_world_process_zero)
         self._queue.close()
         self._generator.unbind()
+        self._judging.teardown()
         if state.is_world_process_zero and (self.history or self.baseline_scores):
             self._write_record(args)
         super().on_train_end(args, state, control, **kwargs)
