@@ -232,6 +232,7 @@ class LabelScorer(FtCallback):
         self.last_task_report: TaskReport | None = None
         self._task: str | None = self.task
         self._trainer: Any = None
+        self._resolved = False  # label names and task read from the model
         if label_names is not None:
             if isinstance(label_names, (str, bytes)) or not isinstance(label_names, Iterable):
                 # A string is iterable too: "np" would silently become the classes 'n' and 'p'.
@@ -378,6 +379,7 @@ class LabelScorer(FtCallback):
             if self.positive_label is not None:
                 raise ConfigurationError("positive_label applies to classification, not regression: drop it.")
             self._names = None
+            self._resolved = True
             return None
         if self._task != "classification" and self.positive_label is not None:
             raise ConfigurationError(
@@ -404,6 +406,7 @@ class LabelScorer(FtCallback):
                     "number for all."
                 )
         self._names = names
+        self._resolved = True
         return names
 
     def _check_dataset_labels(self, dataset: Any, split: str) -> None:
@@ -541,6 +544,8 @@ class LabelScorer(FtCallback):
                 _print(f"[ft_callbacks] step {ctx.step} | LabelScorer: an evaluation batch could not be read on some "
                        "rank; no label metrics this evaluation rather than numbers over part of the eval set.")
             return
+        if not self._resolved and ctx.model is not None:
+            self._resolve_names(ctx.model)  # a standalone evaluate(): no on_train_begin came first
         task = self._task or "classification"
         if not len(rows):
             if self._no_logits:
@@ -848,26 +853,50 @@ def label_metrics(
     inputs: str = "logits",
     ece_bins: int = 15,
     per_class: bool = True,
+    task: str = "classification",
+    thresholds: float | Sequence[float] | None = None,
+    seqeval_mode: str | None = None,
+    seqeval_scheme: str = "IOB2",
 ) -> Callable[..., dict[str, float]]:
     """A `compute_metrics` function giving LabelScorer's numbers, for users who prefer that route.
 
     `Trainer(..., compute_metrics=label_metrics(["neg", "pos"]))`. Works with
-    `batch_eval_metrics=True` (streaming: only N x num_labels probabilities are kept). `inputs` says
-    what `eval_pred.predictions` holds: "logits" (default), "probabilities", or "predictions" (hard
+    `batch_eval_metrics=True` (streaming: only N x num_labels probabilities are kept, and for token
+    classification only the arg-max tag and label of each labelled token). `inputs` says what
+    `eval_pred.predictions` holds: "logits" (default), "probabilities", or "predictions" (hard
     class ids, e.g. from an argmax `preprocess_logits_for_metrics`; probability metrics are then
-    skipped with one notice)."""
+    skipped with one notice).
+
+    Args:
+        label_names: class names (tag names for token classification, required there), in id order.
+        positive_label: binary classification only, as for `LabelScorer`.
+        inputs: "logits", "probabilities" or "predictions" (see above).
+        ece_bins: classification only.
+        per_class: also return the per-class / per-label / per-entity-type metrics.
+        task: "classification", "regression", "multi_label" or "token_classification".
+        thresholds: multi-label decision threshold(s), default 0.5.
+        seqeval_mode / seqeval_scheme: token classification, as for `LabelScorer`.
+
+    Raises:
+        ConfigurationError: bad settings, or a token task without label_names.
+
+    Example:
+        >>> Trainer(..., compute_metrics=label_metrics(tags, task="token_classification"),
+        ...         preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1))
+    """
     if inputs not in ("logits", "probabilities", "predictions"):
         raise ConfigurationError(f"inputs={inputs!r} is not valid: use 'logits', 'probabilities' or 'predictions'.")
-    names = LabelScorer(label_names=label_names, positive_label=positive_label).label_names  # the same checks
+    checked = LabelScorer(
+        label_names=label_names, positive_label=positive_label, task=task, thresholds=thresholds,
+        seqeval_mode=seqeval_mode, seqeval_scheme=seqeval_scheme,
+    )  # the same checks  # fmt: skip
+    names = checked.label_names
+    if checked.task != "classification":
+        return _task_metrics(checked, inputs, per_class)
     accumulator = LabelAccumulator(num_classes=len(names) if names else None)
 
     def compute_metrics(eval_pred: Any, compute_result: bool = True) -> dict[str, float]:
-        predictions = eval_pred.predictions
-        if isinstance(predictions, (tuple, list)):
-            predictions = predictions[0]
-        predictions = np.asarray(predictions.cpu() if isinstance(predictions, torch.Tensor) else predictions)
-        labels = eval_pred.label_ids
-        labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+        predictions, labels = _eval_arrays(eval_pred)
         if inputs == "predictions":
             accumulator.add_predictions(predictions, labels)
         else:
@@ -881,3 +910,71 @@ def label_metrics(
         return report.flat() if per_class else dict(report.scalars)
 
     return compute_metrics
+
+
+def _eval_arrays(eval_pred: Any) -> tuple[np.ndarray, np.ndarray]:
+    predictions = eval_pred.predictions
+    if isinstance(predictions, (tuple, list)):
+        predictions = predictions[0]
+    predictions = np.asarray(predictions.float().cpu() if isinstance(predictions, torch.Tensor) else predictions)
+    labels = eval_pred.label_ids
+    labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+    return predictions, labels
+
+
+def _task_metrics(scorer: LabelScorer, inputs: str, per_class: bool) -> Callable[..., dict[str, float]]:
+    """`label_metrics` for regression, multi-label and token classification."""
+    task = scorer.task
+    if task == "token_classification" and scorer.label_names is None:
+        raise ConfigurationError(
+            "label_metrics(task='token_classification') needs label_names: the tag names in id order, e.g. "
+            "model.config.id2label values."
+        )
+    if task == "regression" and inputs == "predictions":
+        inputs = "logits"  # a regression head's output is its prediction
+    parts: list[Any] = []
+
+    def add(predictions: np.ndarray, labels: np.ndarray) -> None:
+        if task == "regression":
+            parts.append(np.stack([_flat_float(labels), _flat_float(predictions)], axis=1))
+        elif task == "multi_label":
+            if inputs == "predictions":
+                raise ConfigurationError(
+                    "multi-label metrics need scores (logits or probabilities), not hard predictions."
+                )
+            scores = predictions.astype(np.float64)
+            probabilities = 1.0 / (1.0 + np.exp(-scores)) if inputs == "logits" else scores
+            parts.append(np.concatenate([labels.astype(np.float64), probabilities], axis=1))
+        else:
+            ids = predictions.argmax(-1) if predictions.ndim == labels.ndim + 1 else predictions
+            for label_row, id_row in zip(labels, ids, strict=True):
+                keep = label_row != IGNORE_INDEX
+                parts.append(np.stack([label_row[keep], id_row[keep]], axis=1).astype(np.int32))
+
+    def compute_metrics(eval_pred: Any, compute_result: bool = True) -> dict[str, float]:
+        add(*_eval_arrays(eval_pred))
+        if not compute_result:
+            return {}
+        if task == "token_classification":
+            true_tags, pred_tags = token_tags([r[:, 1] for r in parts], [r[:, 0] for r in parts], scorer.label_names)
+            report = token_metrics(true_tags, pred_tags, mode=scorer.seqeval_mode, scheme=scorer.seqeval_scheme)
+        else:
+            rows = np.concatenate(parts)
+            if task == "regression":
+                report = regression_metrics(rows[:, 0], rows[:, 1])
+            else:
+                width = rows.shape[1] // 2
+                report = multilabel_metrics(
+                    rows[:, :width], rows[:, width:], label_names=scorer.label_names, thresholds=scorer.thresholds
+                )
+        parts.clear()
+        for note in report.notes:
+            notice_once(f"labels:{note}", f"label_metrics: {note}")
+        return report.flat() if per_class else dict(report.scalars)
+
+    return compute_metrics
+
+
+def _flat_float(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    return values.reshape(len(values), -1)[:, 0] if values.ndim == 2 and values.shape[1] == 1 else values

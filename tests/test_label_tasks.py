@@ -25,7 +25,7 @@ from transformers import (
 
 from ft_callbacks.best_checkpoint import BestCheckpointSaver
 from ft_callbacks.core.errors import ConfigurationError
-from ft_callbacks.label_scorer import LabelScorer
+from ft_callbacks.label_scorer import LabelScorer, label_metrics
 
 from .helpers import lm_args, wandb_history, wandb_records
 
@@ -260,6 +260,39 @@ def test_token_classification_keeps_only_tag_ids_not_logits(tokenizer, corpus, t
     labelled = (batch["labels"] != -100).sum(dim=1).tolist()
     assert [r.shape for r in rows] == [(n, 2) for n in labelled]  # (label, arg-max) per labelled token
     assert all(r.dtype == np.int32 for r in rows)
+
+
+@pytest.mark.parametrize("batch_eval_metrics", [False, True])
+def test_label_metrics_route_equals_the_callback(tokenizer, corpus, tmp_path, batch_eval_metrics):
+    """compute_metrics=label_metrics(task=...) with an argmax preprocess_logits_for_metrics (what a run_ner
+    user writes) gives the callback's numbers; the callback's own go in as eval_ft_* beside them."""
+    trainer = ner_trainer(tokenizer, corpus, tmp_path, [LabelScorer()], max_steps=1)
+    trainer.compute_metrics = label_metrics(TAGS, task="token_classification")
+    trainer.preprocess_logits_for_metrics = lambda logits, labels: logits.argmax(-1)
+    trainer.args.batch_eval_metrics = batch_eval_metrics
+    metrics = trainer.evaluate()
+    for key in ("entity_precision", "entity_recall", "entity_f1", "token_accuracy", "entity_f1_CAP"):
+        assert metrics[f"eval_{key}"] == pytest.approx(metrics[f"eval_ft_{key}"], rel=1e-12), key
+
+
+def test_label_metrics_regression_and_multi_label_with_plain_arrays():
+    class Pred:
+        predictions = np.array([[1.0], [2.5], [2.0]])
+        label_ids = np.array([1.0, 2.0, 3.0])
+
+    out = label_metrics(task="regression")(Pred())
+    assert out["rmse"] == pytest.approx(skm.root_mean_squared_error(Pred.label_ids, Pred.predictions[:, 0]))
+
+    class MultiPred:
+        predictions = np.array([[2.0, -1.0], [-2.0, 0.5], [0.1, -0.2]])
+        label_ids = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+
+    out = label_metrics(["a", "b"], task="multi_label")(MultiPred())
+    preds = (1 / (1 + np.exp(-MultiPred.predictions)) >= 0.5).astype(int)
+    assert out["f1_samples"] == pytest.approx(skm.f1_score(MultiPred.label_ids, preds, average="samples"))
+    assert out["f1_b"] == pytest.approx(skm.f1_score(MultiPred.label_ids[:, 1], preds[:, 1]))
+    with pytest.raises(ConfigurationError, match="label_names"):
+        label_metrics(task="token_classification")
 
 
 # -- bad input -----------------------------------------------------------------------------------------------
