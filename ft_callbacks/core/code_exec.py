@@ -132,6 +132,7 @@ def run_program(
     cpu = int(cpu_seconds if cpu_seconds is not None else math.ceil(timeout) + 1)
     memory = None if memory_mb is None else int(memory_mb) * 2**20
     start = time.monotonic()
+    err_file = tempfile.TemporaryFile()
     try:
         with open(os.path.join(workdir, "program.py"), "w", encoding="utf-8") as f:
             f.write(program)
@@ -150,24 +151,42 @@ def run_program(
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=err_file,  # a file, not a pipe: a forked child holding it open cannot keep us waiting
             start_new_session=True,  # its own process group: killed as a whole below
             close_fds=True,
         )
         try:
-            _, err = proc.communicate(timeout=timeout)
-            status = "passed" if proc.returncode == 0 else "failed"
-            code: int | None = proc.returncode
-        except subprocess.TimeoutExpired:
-            _kill_group(proc.pid)
-            _, err = proc.communicate()
-            status, code = "timeout", None
+            ended = _wait_unreaped(proc.pid, timeout)
         finally:
-            _kill_group(proc.pid)  # children it forked, whether it ended or not
-        tail = err.decode("utf-8", "replace")[-2000:] if err else ""
+            # While the program is still an unreaped zombie its pid (the group's id) cannot be reused, so
+            # this kills exactly its group: the children it forked, whether it ended or not.
+            _kill_group(proc.pid)
+            proc.wait()
+        status = "timeout" if not ended else ("passed" if proc.returncode == 0 else "failed")
+        code: int | None = proc.returncode if ended else None
+        err_file.seek(0, os.SEEK_END)
+        err_file.seek(max(0, err_file.tell() - 4000))
+        tail = err_file.read().decode("utf-8", "replace")[-2000:]
         return RunResult(status == "passed", status, code, time.monotonic() - start, tail)
     finally:
+        err_file.close()
         shutil.rmtree(workdir, ignore_errors=True)  # we created it
+
+
+def _wait_unreaped(pid: int, timeout: float) -> bool:
+    """Wait until process `pid` exits (True) or `timeout` passes (False), leaving it unreaped."""
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+                return True
+        except ChildProcessError:  # pragma: no cover - already reaped
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.05)
 
 
 def _kill_group(pid: int) -> None:

@@ -145,10 +145,14 @@ class Toxicity(TaskMetric):
         return (f"{self.name}_rate", f"{self.name}_mean")
 
     def scores(self, texts: list[str]) -> list[float]:
-        """The toxic score of each text."""
-        out: list[float] = []
-        for start in range(0, len(texts), self.batch_size):
-            out.extend(self._batch(texts[start : start + self.batch_size]))
+        """The toxic score of each text; an empty (or whitespace-only) text scores 0 without a classifier call
+        (some tokenizers turn it into no tokens at all, which a model cannot take)."""
+        todo = [i for i, t in enumerate(texts) if t.strip()]
+        out = [0.0] * len(texts)
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            for i, value in zip(chunk, self._batch([texts[i] for i in chunk]), strict=True):
+                out[i] = value
         return out
 
     def _batch(self, texts: list[str]) -> list[float]:
