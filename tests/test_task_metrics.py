@@ -221,6 +221,21 @@ def test_self_bleu_against_sacrebleu_pairwise():
     assert SelfBleu()(["alpha beta gamma delta", "one two three four"])["self_bleu"] == pytest.approx(0.0)
 
 
+def test_self_bleu_statistics_equal_the_sentence_score_loop():
+    # Duplicates (an n-gram's top count held by two outputs), equal lengths, an empty output, unicode,
+    # punctuation the 13a tokenizer splits, and a text whose top counts it alone holds.
+    rng = random.Random(7)
+    vocab = ["the", "cat", "sat", "on", "mat", "Zoë", "ñ", "!", "dog,", "ran.", "a", "a"]
+    texts = [" ".join(rng.choice(vocab) for _ in range(rng.randint(1, 14))) for _ in range(30)]
+    texts += [texts[0], texts[3], "", "the the the the the the the the", "cat sat", "sat cat"]
+    bleu = sacrebleu.BLEU(effective_order=True)
+    for sample in (None, 7):
+        metric = SelfBleu(max_samples=sample, seed=2)
+        chosen = metric.hypotheses(len(texts))
+        loop = [bleu.sentence_score(texts[i], texts[:i] + texts[i + 1 :]).score for i in chosen]
+        assert metric(texts)["self_bleu"] == pytest.approx(sum(loop) / len(loop), abs=1e-9)
+
+
 def test_self_bleu_sampled_above_max_samples():
     rng = random.Random(1)
     words = [f"w{i}" for i in range(50)]
