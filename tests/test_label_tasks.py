@@ -152,6 +152,33 @@ def test_regression_head_numbers_equal_sklearn_scipy_and_rmse_is_minimised(token
     assert [s["worst_slice/eval_rmse"] for s in summaries if "worst_slice/eval_rmse" in s][-1] == worst
 
 
+def test_single_label_classification_by_slice_recomputes_sklearn(tokenizer, corpus, tmp_path, capsys):
+    """The existing classification metrics, per slice of a column the Trainer drops from the batches."""
+    topic = lambda text: int(len(text) > 110) + int(len(text) > 220)  # noqa: E731
+    scorer = LabelScorer(slice_by="source", min_slice_size=10)
+    model = BertForSequenceClassification(bert_config(tokenizer, num_labels=3))
+    trainer = make_trainer(
+        model, tokenizer, sequence_data(tokenizer, corpus[:160], topic),
+        sequence_data(tokenizer, corpus[200:261], topic), DataCollatorWithPadding(tokenizer), tmp_path, [scorer],
+    )  # fmt: skip
+    trainer.train()
+    logged = last_eval(trainer)
+    out = trainer.predict(trainer.eval_dataset)
+    y, preds = np.asarray(out.label_ids), np.asarray(out.predictions).argmax(1)
+    sources = np.array(trainer.eval_dataset["source"])
+    for name in ("beta", "gamma"):
+        mask = sources == name
+        assert logged[f"eval_slice_{name}_accuracy"] == pytest.approx(skm.accuracy_score(y[mask], preds[mask]))
+        assert logged[f"eval_slice_{name}_f1"] == pytest.approx(
+            skm.f1_score(y[mask], preds[mask], average="macro", labels=[0, 1, 2], zero_division=0)
+        )
+    assert "eval_slice_alpha_f1" not in logged and logged["eval_slice_alpha_count"] == 9
+    worst = min(("beta", "gamma"), key=lambda n: logged[f"eval_slice_{n}_f1"])
+    printed = capsys.readouterr().out + capsys.readouterr().err
+    assert f"f1 by slice (source): worst '{worst}'" in printed
+    assert "alpha (n=9): too small (< 10)" in printed
+
+
 # -- multi-label ---------------------------------------------------------------------------------------------
 def multi_hot(text: str) -> list[float]:
     return [float(len(text) > 110), float("(" in text or "`" in text), float("," in text)]

@@ -120,6 +120,13 @@ def test_multilabel_equals_sklearn_on_tricky_cases():
     assert flat["f1_absent"] == 0.0 and "roc_auc_a" in flat and "support_c" in flat
 
 
+def test_multilabel_label_names_never_overwrite_the_averages():
+    y, probs = _multilabel_case()
+    flat = multilabel_metrics(y, probs, label_names=["samples", "macro", "micro", "x y"]).flat()
+    assert flat["f1_samples"] == multilabel_metrics(y, probs).scalars["f1_samples"]
+    assert {"f1_samples_0", "f1_macro_1", "f1_micro_2", "f1_x_y"} <= set(flat)
+
+
 def test_multilabel_per_label_thresholds():
     y, probs = _multilabel_case()
     thresholds = [0.3, 0.5, 0.7, 0.9]

@@ -75,7 +75,10 @@ class TaskReport:
         label names are reduced to ``[A-Za-z0-9_]`` the way `LabelReport.flat` does."""
         out = {name: float(value) for name, value in self.scalars.items()}
         names = list(self.per_label)
-        for name, key in zip(names, flat_label_keys(names), strict=True):
+        keys = flat_label_keys(names)
+        # A label called "samples" would overwrite f1_samples (micro/macro/weighted are handled there).
+        keys = [f"{key}_{i}" if key == "samples" else key for i, key in enumerate(keys)]
+        for name, key in zip(names, keys, strict=True):
             for metric, value in self.per_label[name].items():
                 out[f"{self.per_label_prefix}{metric}_{key}"] = float(value)
         return out
