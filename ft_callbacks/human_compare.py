@@ -65,6 +65,44 @@ class HumanResult:
         return dict(self.__dict__)
 
 
+PAIRS_FILE = os.path.join("ft_callbacks", "judge", "pairs.jsonl")
+_JUDGE_VERDICTS = {"current": "win", "base": "loss", "tie": "tie"}  # pairs.jsonl's final_verdict -> ours
+
+
+def judged_pairs(run_dir: str | os.PathLike, step: int | None = None) -> tuple[int, list[Pair]]:
+    """The pairs the judge saw at `step` (default: the last judged step), from the run's
+    `ft_callbacks/judge/pairs.jsonl`; returns (step, pairs). A round judged again after a resume
+    replaces the earlier lines of its step.
+
+    Raises:
+        ConfigurationError: when the run has no judged pairs, or none at `step` (the message lists the
+            steps it has).
+    """
+    path = Path(run_dir) / PAIRS_FILE
+    by_step: dict[int, dict[int, Pair]] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+            at, index = int(record["step"]), int(record["index"])
+            pair = Pair(str(record["prompt"]), str(record["base_output"]), str(record["current_output"]),
+                        _JUDGE_VERDICTS.get(record.get("final_verdict")))  # fmt: skip
+        except (ValueError, KeyError, TypeError):
+            continue  # a line torn by a crash mid-write
+        by_step.setdefault(at, {})[index] = pair
+    if not by_step:
+        raise ConfigurationError(
+            f"{path} has no judged pairs: run GenerationScorer(judge=..., win_rate=True) on this run first."
+        )
+    chosen = max(by_step) if step is None else step
+    if chosen not in by_step:
+        raise ConfigurationError(f"no judged pairs at step {step}; judged steps: {sorted(by_step)}.")
+    return chosen, [by_step[chosen][i] for i in sorted(by_step[chosen])]
+
+
 def write_compare_page(
     pairs: Sequence[Pair], out_dir: str | os.PathLike, step: int, seed: int | None = None
 ) -> tuple[Path, Path]:

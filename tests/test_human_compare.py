@@ -150,3 +150,28 @@ def test_the_report_shows_the_human_check(tmp_path):
     summary = build_report(run_dir, formats="html").summary
     assert "Human check at step 40: win rate 0.5 over 2 pairs (0 wins, 0 losses, 2 ties)" in summary
     assert "the judge agrees on 0 of 2 (Cohen's kappa" in summary
+
+
+def test_pairs_come_from_the_judges_record(tmp_path):
+    from ft_callbacks.human_compare import judged_pairs
+
+    folder = tmp_path / "ft_callbacks" / "judge"
+    folder.mkdir(parents=True)
+    def line(step, index, prompt, base, current, verdict):
+        return {"step": step, "index": index, "prompt": prompt, "base_output": base, "current_output": current,
+                "final_verdict": verdict}  # fmt: skip
+
+    lines = [
+        line(10, 0, "p", "b0", "c0", "base"),
+        line(20, 1, "q", "b1", "c1", "tie"),
+        line(20, 0, "p", "b0", "c2", "invalid"),
+        line(20, 0, "p", "b0", "c3", "current"),  # judged again after a resume: the later line wins
+    ]
+    (folder / "pairs.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + '\n{"step": 30, "ind')
+    step, pairs = judged_pairs(tmp_path)
+    assert step == 20 and pairs == [Pair("p", "b0", "c3", "win"), Pair("q", "b1", "c1", "tie")]
+    assert judged_pairs(tmp_path, 10)[1] == [Pair("p", "b0", "c0", "loss")]
+    with pytest.raises(ConfigurationError, match=r"judged steps: \[10, 20\]"):
+        judged_pairs(tmp_path, 15)
+    with pytest.raises(ConfigurationError, match="no judged pairs"):
+        judged_pairs(tmp_path / "elsewhere")
