@@ -42,6 +42,17 @@ lazily only when wandb is on, so their cost is NOT in these timings; its console
    layer's hidden states for compute_metrics (N x layers x seq x hidden) while LabelScorer still
    keeps only N x C probabilities. Accuracy and F1 of both methods must agree exactly.
 
+3. Token classification (NER) eval peak memory, each variant in a fresh subprocess as in 2: a
+   randomly initialised tiny BERT token classifier with 64 tags (the 5 of a capitalised-run /
+   code-word tagging plus unused ones, about the size of OntoNotes' tag set) on 4,000 examples of at
+   most 48 tokens (first-subword labels, the other subwords -100). Variants: plain; LabelScorer (keeps
+   only the label and arg-max tag of each labelled token: two int32); `compute_metrics=
+   label_metrics(task="token_classification")` with the Trainer accumulating the N x seq x 64 logits
+   (what `run_ner.py` does); and the same with an arg-max `preprocess_logits_for_metrics` (N x seq
+   int64 ids, what a careful user writes). Entity F1 of every method must agree exactly. Run this
+   section alone with `--only tokens` (it updates `token_memory` in the results file, leaving the
+   other sections as they were).
+
 Results are printed and written to benchmarks/results_label_scorer.json.
 """
 
@@ -590,6 +601,153 @@ def bench_memory(cfg: dict[str, Any], state_dir: str, threads: int) -> dict[str,
 
 
 # ---------------------------------------------------------------------------------------------------
+# 3. token classification eval peak memory (each measurement in a fresh subprocess)
+# ---------------------------------------------------------------------------------------------------
+TOKEN_CFG = {"eval_examples": 4000, "num_tags": 64, "max_words": 10, "repeats": 1}
+TOKEN_VARIANTS = ("plain", "ours", "baseline_logits", "baseline_argmax")
+_BASE_TAGS = ["O", "B-CAP", "I-CAP", "B-CODE", "I-CODE"]
+
+
+def _token_tags(num_tags: int) -> list[str]:
+    extra = [f"{bio}-X{i}" for i in range((num_tags - len(_BASE_TAGS) + 1) // 2) for bio in ("B", "I")]
+    return (_BASE_TAGS + extra)[:num_tags]
+
+
+def _word_tags(words: list[str]) -> list[int]:
+    """Runs of capitalised words are CAP entities, words with code punctuation CODE entities."""
+    tags, previous = [], None
+    for word in words:
+        kind = "CODE" if any(c in word for c in "()_.`") else "CAP" if word[:1].isupper() else None
+        tags.append(0 if kind is None else _BASE_TAGS.index(f"{'I' if previous == kind else 'B'}-{kind}"))
+        previous = kind
+    return tags
+
+
+def _token_dataset(tokenizer, texts: list[str], max_words: int):
+    """First-subword alignment as run_ner.py does: the other subwords of a word get -100."""
+    from datasets import Dataset
+
+    rows: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
+    for text in texts:
+        words = text.split()[:max_words] or ["empty"]
+        tags = _word_tags(words)
+        enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=SHAPE["max_length"])
+        labels, previous = [], None
+        for word_id in enc.word_ids():
+            labels.append(-100 if word_id is None or word_id == previous else tags[word_id])
+            previous = word_id
+        rows["input_ids"].append(enc["input_ids"])
+        rows["attention_mask"].append(enc["attention_mask"])
+        rows["labels"].append(labels)
+    return Dataset.from_dict(rows)
+
+
+def token_memory_worker(variant: str, n_examples: int, num_tags: int) -> dict[str, Any]:
+    """Runs in its own process: peak RSS growth of one trainer.evaluate() of a token classifier."""
+    import psutil
+    import torch
+    from transformers import BertConfig, BertForTokenClassification, DataCollatorForTokenClassification, Trainer
+
+    from ft_callbacks import toy
+    from ft_callbacks.label_scorer import LabelScorer, label_metrics
+
+    corpus = toy.stdlib_corpus()
+    tokenizer = toy.train_tokenizer(corpus)
+    tags = _token_tags(num_tags)
+    torch.manual_seed(SEED)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+        max_position_embeddings=tokenizer.model_max_length, pad_token_id=tokenizer.pad_token_id, num_labels=num_tags,
+        id2label=dict(enumerate(tags)), label2id={t: i for i, t in enumerate(tags)},
+    )  # fmt: skip
+    model = BertForTokenClassification(config).eval()
+    evaluation = _token_dataset(tokenizer, _eval_texts(corpus, n_examples), TOKEN_CFG["max_words"])
+    warmup = _token_dataset(tokenizer, _eval_texts(corpus, 32), TOKEN_CFG["max_words"])
+    compute_metrics = label_metrics(tags, task="token_classification") if variant.startswith("baseline") else None
+    scorer = LabelScorer() if variant == "ours" else None
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Trainer(
+            model=model,
+            args=_training_args(out),
+            eval_dataset=evaluation,
+            data_collator=DataCollatorForTokenClassification(tokenizer),
+            processing_class=tokenizer,
+            compute_metrics=compute_metrics,
+            preprocess_logits_for_metrics=(lambda logits, labels: logits.argmax(-1))
+            if variant == "baseline_argmax" else None,
+            callbacks=[scorer] if scorer is not None else [],
+        )  # fmt: skip
+        with quiet(False):
+            trainer.evaluate(eval_dataset=warmup)  # lazy one-time set-up is not what we measure
+        gc.collect()
+        process = psutil.Process()
+        before = process.memory_info().rss
+        hwm_ok = reset_peak_rss()
+        sampler = RssSampler()
+        sampler.start()
+        started = time.perf_counter()
+        with quiet(False):
+            metrics = trainer.evaluate()
+        elapsed = time.perf_counter() - started
+        sampler.stop()
+        hwm_kib = read_status_kib("VmHWM") if hwm_ok else None
+    peak = max(sampler.peak, hwm_kib * 1024 if hwm_kib is not None else 0)
+    labels = evaluation["labels"]
+    labelled = sum(sum(1 for v in row if v != -100) for row in labels)
+    lengths = [len(row) for row in labels]
+    return {
+        "variant": variant,
+        "n_examples": n_examples,
+        "num_tags": num_tags,
+        "labelled_tokens": labelled,
+        "tokens": sum(lengths),
+        "max_tokens": max(lengths),
+        "rss_before": before,
+        "extra_peak": peak - before,
+        "sampler_extra_peak": sampler.peak - before,
+        "hwm_reset": hwm_ok,
+        "evaluate_s": elapsed,
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+    }
+
+
+def bench_token_memory(threads: int) -> dict[str, Any]:
+    cfg = TOKEN_CFG
+    n, num_tags = cfg["eval_examples"], cfg["num_tags"]
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for _ in range(cfg["repeats"]):
+        for variant in TOKEN_VARIANTS:
+            worker_args = ["--threads", str(threads), "--_token-worker", variant, str(n), str(num_tags)]
+            result = run_worker(__file__, worker_args, f"tokens/{variant}", cwd=ROOT)
+            runs.setdefault(variant, []).append(result)
+            f1 = result["metrics"].get("eval_entity_f1")
+            print(
+                f"  tokens {n:5d} ex, {num_tags} tags  {variant:15s}: extra peak {_fmt_mib(result['extra_peak'])}, "
+                f"evaluate {result['evaluate_s']:.2f} s" + (f", entity_f1 {f1:.4f}" if f1 is not None else ""),
+                flush=True,
+            )
+    first = runs["ours"][0]
+    extra = {v: median([r["extra_peak"] for r in runs[v]]) for v in TOKEN_VARIANTS}
+    f1s = {v: runs[v][0]["metrics"].get("eval_entity_f1") for v in TOKEN_VARIANTS if v != "plain"}
+    # The Trainer pads every batch's logits to the longest sequence seen so far when it concatenates.
+    padded_tokens = n * first["max_tokens"]
+    return {
+        "config": cfg,
+        "measure": "peak RSS during trainer.evaluate() minus RSS just before it (VmHWM reset + 2 ms sampler), "
+        "each run in a fresh subprocess after a warm-up evaluate() on 32 examples",
+        "runs": runs,
+        "extra_peak": extra,
+        "ours_kept_bytes": first["labelled_tokens"] * 2 * 4,  # [label, arg-max] int32 per labelled token
+        "baseline_logits_accumulated_bytes": padded_tokens * num_tags * 4 + padded_tokens * 8,  # fp32 + labels
+        "baseline_argmax_accumulated_bytes": padded_tokens * 8 * 2,  # int64 ids + labels
+        "labelled_tokens": first["labelled_tokens"],
+        "tokens": first["tokens"],
+        "entity_f1": f1s,
+        "agree": len({round(v, 12) for v in f1s.values() if v is not None}) == 1 and None not in f1s.values(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------------
 def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
@@ -724,6 +882,22 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, s
                 "info",
             )
         )
+    tokens = results.get("token_memory")
+    if tokens:
+        extra = tokens["extra_peak"]
+        for variant, label in (("baseline_logits", "logits accumulated"), ("baseline_argmax", "arg-max accumulated")):
+            ours, base = extra["ours"], extra[variant]
+            shown = f"{base / max(ours, NOISE_BYTES):.0f}x less" if base >= NOISE_BYTES else "both ~0"
+            rows.append(
+                (
+                    f"NER eval extra peak RSS, {tokens['config']['eval_examples']} ex, {label}",
+                    _fmt_mib(ours),
+                    _fmt_mib(base),
+                    shown,
+                    "(info)",
+                    "entity F1 agrees" if tokens["agree"] else "F1 DIFFERS",
+                )
+            )
     return rows
 
 
@@ -766,6 +940,41 @@ def print_table(results: dict[str, Any]) -> None:
             print(f"    {entry['cumulative_s'] * 1e3:8.1f} ms  {entry['calls']:6d} calls  {entry['function']}")
 
 
+def _only_tokens(args: Any) -> dict[str, Any]:
+    """`--only tokens`: the NER memory section alone, written into the existing results file."""
+    import json
+
+    import torch
+    import transformers
+
+    started = time.perf_counter()
+    print(
+        f"LabelScorer benchmark, token classification memory only, torch {torch.__version__}, transformers "
+        f"{transformers.__version__}, {os.cpu_count()} CPUs, torch threads {args.threads}",
+        flush=True,
+    )
+    token_memory = bench_token_memory(args.threads)
+    token_memory["environment"] = environment(args.threads)
+    token_memory["elapsed_s"] = time.perf_counter() - started
+    path = Path(args.output)
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results["token_memory"] = token_memory
+    extra = token_memory["extra_peak"]
+    print(
+        f"  ours keeps {_fmt_mib(token_memory['ours_kept_bytes'])} ({token_memory['labelled_tokens']:,} labelled "
+        f"tokens x 2 int32); the Trainer accumulates {_fmt_mib(token_memory['baseline_logits_accumulated_bytes'])} "
+        f"of logits, {_fmt_mib(token_memory['baseline_argmax_accumulated_bytes'])} of arg-max ids\n"
+        f"  extra peak RSS: plain {_fmt_mib(extra['plain'])}, ours {_fmt_mib(extra['ours'])}, logits baseline "
+        f"{_fmt_mib(extra['baseline_logits'])}, arg-max baseline {_fmt_mib(extra['baseline_argmax'])}; entity F1 "
+        f"{'agrees' if token_memory['agree'] else 'DIFFERS'}: {token_memory['entity_f1']}"
+    )
+    if "table" in results and "eval_time" in results:
+        results["table"] = [list(r) for r in table_rows(results)]
+    write_json(results, path)
+    print(f"results written to {path}")
+    return {"token_memory": token_memory, "exit_code": 0 if token_memory["agree"] else 1}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="more repeats; memory at 8,000 examples too")
@@ -775,6 +984,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--verbose", action="store_true", help="show the Trainer's own console output")
     parser.add_argument(
         "--_memory-worker", nargs=4, metavar=("VARIANT", "CASE", "N", "STATE_DIR"), help=argparse.SUPPRESS
+    )
+    parser.add_argument("--_token-worker", nargs=3, metavar=("VARIANT", "N", "NUM_TAGS"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--only", choices=["tokens"], help="run one section only and update it in the results file (tokens: NER memory)"
     )
     args = parser.parse_args(argv)
 
@@ -790,6 +1003,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result = memory_worker(variant, case, int(n), state_dir)
         print_worker_result(result)
         return {"memory_worker": result, "exit_code": 0}
+    if args._token_worker:
+        variant, n, num_tags = args._token_worker
+        result = token_memory_worker(variant, int(n), int(num_tags))
+        print_worker_result(result)
+        return {"memory_worker": result, "exit_code": 0}
+    if args.only == "tokens":
+        return _only_tokens(args)
 
     cfg = FULL if args.full else QUICK
     started = time.perf_counter()
@@ -812,8 +1032,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         eval_time = bench_eval_time(cfg, prep, args.verbose)
         metrics_cost = bench_metrics_cost(cfg)
-        print("\n[2/2] peak memory of one evaluation, one fresh subprocess each", flush=True)
+        print("\n[2/3] peak memory of one evaluation, one fresh subprocess each", flush=True)
         memory = bench_memory(cfg, state_dir, args.threads)
+    print("\n[3/3] token classification: peak memory of one evaluation, one fresh subprocess each", flush=True)
+    token_memory = bench_token_memory(args.threads)
 
     results: dict[str, Any] = {
         "mode": "full" if args.full else "quick",
@@ -827,10 +1049,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "eval_time": eval_time,
         "metrics_cost": metrics_cost,
         "memory": memory,
+        "token_memory": token_memory,
     }
     results["elapsed_s"] = time.perf_counter() - started
     print_table(results)
-    results["all_pass"] = bool(eval_time["pass"])
+    results["all_pass"] = bool(eval_time["pass"]) and bool(token_memory["agree"])
     results["table"] = [list(r) for r in table_rows(results)]
     output = write_json(results, args.output)
     print_verdict(results, output)
