@@ -887,7 +887,7 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, s
         extra = tokens["extra_peak"]
         for variant, label in (("baseline_logits", "logits accumulated"), ("baseline_argmax", "arg-max accumulated")):
             ours, base = extra["ours"], extra[variant]
-            shown = f"{base / max(ours, NOISE_BYTES):.0f}x less" if base >= NOISE_BYTES else "both ~0"
+            shown = f"{base / max(ours, NOISE_BYTES):.1f}x less" if base >= NOISE_BYTES else "both ~0"
             rows.append(
                 (
                     f"NER eval extra peak RSS, {tokens['config']['eval_examples']} ex, {label}",
