@@ -28,9 +28,20 @@ def discover() -> list[str]:
     return sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
 
 
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """What identifies one version of a results file: (mtime in ns, size); None when there is none."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
 def run_one(name: str, full: bool, timeout: float) -> dict:
     cmd = [sys.executable, str(HERE / f"bench_{name}.py"), *(["--full"] if full else [])]
     print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
+    result_file = HERE / f"results_{name}.json"
+    before = _stamp(result_file)
     started = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=HERE.parent, timeout=timeout)
@@ -38,9 +49,11 @@ def run_one(name: str, full: bool, timeout: float) -> dict:
     except subprocess.TimeoutExpired:
         code = "timeout"
     elapsed = time.perf_counter() - started
-    result_file = HERE / f"results_{name}.json"
     results = json.loads(result_file.read_text()) if result_file.is_file() else {}
-    fresh = result_file.is_file() and result_file.stat().st_mtime >= time.time() - elapsed - 1
+    # Fresh: the run rewrote the file. Comparing the file's mtime with this process's clock said "no fresh
+    # results" for files written during the run where the two clocks differ (or the mtime is coarse).
+    after = _stamp(result_file)
+    fresh = after is not None and after != before
     return {"name": name, "exit": code, "elapsed_s": elapsed, "fresh": fresh, "results": results}
 
 
@@ -118,7 +131,33 @@ def render(runs: list[dict], full: bool) -> str:
         lines.append("| " + " | ".join(_cell(h) for h in header) + " |")
         lines.append("|" + "---|" * len(header))
         lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    lines += gpu_section()
     return "\n".join(lines) + "\n"
+
+
+def gpu_section() -> list[str]:
+    """The GPU check (`benchmarks/gpu_check.sh`): its committed results, or that every figure is CPU-only."""
+    lines = ["", "## gpu_check", ""]
+    result_file = HERE / "results_gpu_check.json"
+    if not result_file.is_file():
+        return [*lines, "Not run yet: every figure above was measured on CPU. `bash benchmarks/gpu_check.sh` on a "
+                "CUDA machine (under 8 minutes on one H200) runs bf16 training with the kit, the kit's overhead on "
+                "GPU, batched generation and bf16 vs float32 perplexity, and writes "
+                "`benchmarks/results_gpu_check.json`."]  # fmt: skip
+    res = json.loads(result_file.read_text())
+    train, gen, ppl = res.get("training_bf16_kit", {}), res.get("generation", {}), res.get("perplexity", {})
+    rows = [
+        ["device", res.get("device", "?")],
+        ["all checks ok", res.get("all_ok")],
+        ["kit vs bare Trainer, train() wall (bf16)", _short(train.get("kit_vs_bare_ratio_median"))],
+        ["same, without time inside generation", _short(train.get("kit_minus_generation_vs_bare_ratio_median"))],
+        ["generation tokens/s, batched / one at a time",
+         f"{_short(gen.get('batched_tokens_per_s'))} / {_short(gen.get('single_tokens_per_s'))}"],
+        ["eval_token_loss, bf16 vs float32 (relative)", _short(ppl.get("bf16_vs_float32_rel_diff"))],
+        ["eval_token_loss, float32 vs float64 reference (relative)", _short(ppl.get("float32_vs_float64_rel_diff"))],
+    ]  # fmt: skip
+    lines += ["| what | value |", "|---|---|"]
+    return lines + [f"| {_cell(a)} | {_cell(b)} |" for a, b in rows]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -158,7 +158,15 @@ class OverfitGuard(FtCallback):
       for that many evaluations;
     - non-finite (`stop_on_nonfinite`, default on) and `divergence_threshold` (default None): stop at
       once when a raw training step loss or the validation loss is NaN/inf or above the threshold;
-    - warm-up: gap and plateau rules never stop before `min_steps` steps and `min_evals` evaluations.
+    - warm-up: gap and plateau rules never stop before `min_steps` steps and `min_evals` evaluations;
+    - `noise_test=True`: the gap and plateau rules judge each evaluation by a paired test on the loss of
+      every validation sample (the same samples each time; per-sample sums gathered in dataset order
+      across ranks): a rise counts only when the validation loss is above its best by more than the
+      noise allows (one-sided, `confidence`), and the gap rule stops after `confirm` such evaluations
+      in a row while the gap is wider than at the best; an improvement counts only beyond noise (or
+      `min_delta`, whichever is larger). Each evaluation's block says why it waited or stopped, e.g.
+      `val +0.042 ± 0.011 above best (z = 3.8)`. Where per-sample values do not exist the rules count
+      evaluations as without it, said once.
 
     A rule counts only the evaluations where its input exists: the plateau rule skips an evaluation
     without `monitor` (a scorer that runs every few evaluations), the gap rule one without a training
@@ -200,6 +208,10 @@ class OverfitGuard(FtCallback):
         restore_best_weights: bool | Literal["auto"] = "auto",
         restore_best_weights_max_bytes: int | None = None,
         eval_dataset_name: str | None = None,
+        noise_test: bool = False,
+        confidence: float = 0.95,
+        confirm: int = 1,
+        rise_from: Literal["best", "lowest"] = "best",
     ) -> None:
         """Set the rules; see the class docstring for each.
 
@@ -210,6 +222,16 @@ class OverfitGuard(FtCallback):
                 model keeps its last weights.
             restore_best_weights_max_bytes: the most host memory, in bytes per process, the copy may take;
                 None: half the memory available when training starts, shared by the processes on the machine.
+            noise_test: judge each evaluation by a paired test on the per-sample validation losses (same
+                samples every evaluation): the gap rule stops once the validation loss has been above its
+                best by more than the noise allows (one-sided, `confidence`) for `confirm` evaluations in a
+                row while the gap is wider than at the best; the plateau rule counts only improvements
+                beyond noise (or `min_delta`, whichever is larger). Where per-sample values do not exist
+                (a monitor without them, a fall-back evaluation) the rules count as without it, said once.
+            confidence: how sure a change must be to count (0.95: z = 1.645), with `noise_test`.
+            confirm: evaluations in a row with a rise beyond noise before the gap rule stops, with `noise_test`.
+            rise_from: with `noise_test`, the rise is measured from "best" (the last evaluation that improved
+                beyond noise) or "lowest" (the lowest validation loss seen, within noise or not).
             eval_dataset_name: with a dict `eval_dataset` (`{"a": ..., "b": ...}`), the dataset whose
                 evaluation the rules decide on (`monitor="eval_loss"` then reads `eval_a_loss`); default the
                 first, said once. A monitor that names a dataset (`eval_b_loss`) decides on that one.
@@ -238,6 +260,10 @@ class OverfitGuard(FtCallback):
             "restore_best_weights": restore_best_weights,
             "restore_best_weights_max_bytes": restore_best_weights_max_bytes,
             "eval_dataset_name": eval_dataset_name,
+            "noise_test": noise_test,
+            "confidence": confidence,
+            "confirm": confirm,
+            "rise_from": rise_from,
         }
         if not isinstance(monitor, str):
             raise ConfigurationError(f"monitor={monitor!r} is not valid: name an eval metric such as 'eval_loss'.")
@@ -310,6 +336,7 @@ class OverfitGuard(FtCallback):
         self._trained_since_eval = False
         self._compare_loss: float | None = None
         self._restored_step: int | None = None
+        self.last_samples: tuple[np.ndarray, np.ndarray] | None = None  # (summed NLL, tokens) per eval sample
         self._reset_window()
 
     # -- state ---------------------------------------------------------------------------------
@@ -326,6 +353,10 @@ class OverfitGuard(FtCallback):
             stop_on_nonfinite=a["stop_on_nonfinite"],
             min_steps=a["min_steps"],
             min_evals=a["min_evals"],
+            noise_test=a["noise_test"],
+            confidence=a["confidence"],
+            confirm=a["confirm"],
+            rise_from=a["rise_from"],
         )
 
     def _reset_window(self) -> None:
@@ -533,6 +564,7 @@ class OverfitGuard(FtCallback):
 
     def _eval_totals(self, ctx: EvaluationContext) -> TokenLossTotals:
         totals = TokenLossTotals()
+        self.last_samples = None
         rows = gather_eval_rows(self.probe.take("eval"), ctx.eval_dataloader, width=3)
         if rows is None:
             # Sums over part of the eval set would be silently wrong: fall back for this evaluation.
@@ -541,6 +573,9 @@ class OverfitGuard(FtCallback):
             return totals
         if len(rows):
             totals.add(rows[:, 0].sum(), int(rows[:, 1].sum()), int(rows[:, 2].sum()))
+            # One float pair per sample, in dataset order on every rank: the noise test pairs them
+            # with the same samples of the best evaluation.
+            self.last_samples = (rows[:, 0].copy(), rows[:, 1].copy())
         return totals
 
     def _window_loss(self) -> float | None:
@@ -597,7 +632,10 @@ class OverfitGuard(FtCallback):
         else:
             self._monitor_checked = True
         token_loss = self._token_loss
-        decision = self.policy.on_evaluation(ctx.step, token_loss, self._compare_loss, monitored)
+        samples = self.last_samples if token_loss is not None else None
+        decision = self.policy.on_evaluation(
+            ctx.step, token_loss, self._compare_loss, monitored, samples, self._monitored_samples(ctx, samples)
+        )
         # Every rank computed the same reduced numbers; rank 0's decision is made everyone's anyway,
         # since ranks that disagree about stopping hang in the next collective.
         decision = broadcast_from_main(decision)
@@ -610,12 +648,15 @@ class OverfitGuard(FtCallback):
         gap = ctx.metrics.get(f"{ctx.prefix}_loss_gap")
         self.history.append({"step": ctx.step, "token_loss": token_loss, "train_loss": self._compare_loss, "gap": gap})
         parts = []
-        if self.policy.gap is not None:
+        noise = self.policy.noise_test
+        if noise:
+            self._noise_console(ctx, parts)
+        if self.policy.gap is not None and not (noise and self.policy.loss_obs is not None):
             if self.policy.gap.measured:
                 parts.append(f"gap widening {self.policy.gap.wait}/{self.policy.gap.patience}")
             elif self._trained_since_eval and self._compare_loss is None and ctx.is_main:
                 self._no_train_loss_notice(ctx)
-        if self.policy.plateau is not None:
+        if self.policy.plateau is not None and not (noise and self.policy.monitor_obs is not None):
             counted = "" if self.policy.plateau.counted else f" ({self.monitor} missing: not counted)"
             parts.append(f"plateau {self.policy.plateau.wait}/{self.policy.plateau.patience}{counted}")
         ctx.console.append(", ".join(parts))
@@ -625,6 +666,45 @@ class OverfitGuard(FtCallback):
             self._stop(ctx.args, ctx.state, ctx.control, decision, ctx=ctx)
         elif ctx.is_main:
             self._write_record(ctx.args, ctx.state)
+
+    # Monitors that are the validation token loss in other units: the noise test pairs its samples.
+    _TOKEN_LOSS_METRICS = ("loss", "token_loss", "perplexity", "bits_per_token")
+
+    def _monitored_samples(self, ctx: EvaluationContext, samples: Any) -> Any:
+        """Per-sample values of `monitor` for the noise test: the token-loss samples where the monitor is
+        the validation loss (in any of its units), a member's `per_sample_values(metric, step)` where one
+        offers them (values, weights or None), else None (the plateau rule then counts)."""
+        if not self.policy.noise_test or self.policy.plateau is None:
+            return None
+        if self.monitor in {f"{ctx.prefix}_{name}" for name in self._TOKEN_LOSS_METRICS}:
+            return samples
+        for member in self._hub(ctx.state).members:
+            provider = getattr(member, "per_sample_values", None)
+            if member is not self and callable(provider):
+                found = provider(self.monitor, ctx.step)
+                if found is not None:
+                    return found
+        return None
+
+    def _noise_console(self, ctx: EvaluationContext, parts: list[str]) -> None:
+        """The noise test's part of the evaluation's console line, and the fall-back notice (once)."""
+        policy = self.policy
+        if policy.loss_obs is not None:
+            parts.append(policy.loss_obs.describe())
+            if policy.noise_gap is not None:
+                parts.append(f"rise beyond noise {policy.loss_obs.rises}/{policy.confirm}")
+        if policy.monitor_obs is not None and policy.plateau is not None:
+            what = "" if policy.monitor_obs is policy.loss_obs else f" {policy.monitor_obs.describe(self.monitor)};"
+            parts.append(f"{what} no improvement beyond noise {policy.monitor_obs.wait}/{policy.plateau.patience}")
+        if policy.noise_fallback and ctx.is_main:
+            rules = " and ".join(f"the {rule} rule" for rule in policy.noise_fallback)
+            why = (
+                f"{self.monitor} has no per-sample values"
+                if policy.noise_fallback == ["plateau"]
+                else "the per-token validation losses could not be read"
+            )
+            notice_once(f"noise_fallback:{','.join(policy.noise_fallback)}", f"OverfitGuard's noise test: {why}, "
+                        f"so {rules} count evaluations as without it (patience).")  # fmt: skip
 
     # -- best weights ----------------------------------------------------------------------------
     def _plan_best_weights(self, args: Any, state: Any, model: Any) -> None:

@@ -92,6 +92,17 @@ def test_distributed_perplexity_counts_each_sample_once(ddp_run):
     assert math.isclose(r0["post_train_eval_perplexity"], r0["post_train_hand_perplexity"], rel_tol=1e-5)
 
 
+def test_per_sample_losses_are_gathered_in_dataset_order(ddp_run):
+    """The noise test pairs sample i with sample i of the best evaluation: under DDP the rows of both
+    ranks must come back in dataset order, each sample once, the same on every rank."""
+    (r0, r1), _, _ = ddp_run
+    assert len(r0["pre_train_sample_nll"]) == 61  # rank 1's padding batch of repeated samples dropped
+    assert r0["pre_train_sample_nll"] == r1["pre_train_sample_nll"]
+    assert r0["pre_train_sample_tokens"] == r1["pre_train_sample_tokens"] == r0["hand_sample_tokens"]
+    for i, (ours, hand) in enumerate(zip(r0["pre_train_sample_nll"], r0["hand_sample_nll"], strict=True)):
+        assert math.isclose(ours, hand, rel_tol=1e-5), (i, ours, hand)
+
+
 def test_only_rank_zero_logs_to_wandb(ddp_run):
     (r0, _), wandb_dir, _ = ddp_run
     runs = sorted((wandb_dir / "wandb").glob("offline-run-*"))

@@ -67,6 +67,19 @@ def exact_perplexity(model, dataset, tokenizer) -> tuple[float, int]:
     return math.exp(nll.item() / count), count
 
 
+def per_sample_nll(model, dataset, tokenizer) -> tuple[list[float], list[int]]:
+    """Each eval sample's summed NLL and target-token count, in dataset order, in this process alone."""
+    batch = DataCollatorForLanguageModeling(tokenizer, mlm=False)([dataset[i] for i in range(len(dataset))])
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits, labels = logits[:, :-1, :].float(), batch["labels"][:, 1:]
+    nll = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(labels.shape)
+    return nll.double().sum(-1).tolist(), (labels != -100).sum(-1).tolist()
+
+
 def weight_checksum(model) -> float:
     return float(sum(p.detach().double().sum() for p in model.parameters()))
 
@@ -133,8 +146,9 @@ def main() -> None:
 
     # 1. A standalone evaluation of the initial model, on every rank (eval-only Trainer, see above).
     initial = toy.tiny_gpt2(tokenizer)
+    evaluator_guard = OverfitGuard()
     evaluator = lm_trainer(
-        tokenizer, corpus, out_dir / "evaluator", callbacks=[OverfitGuard()], model=initial, **common
+        tokenizer, corpus, out_dir / "evaluator", callbacks=[evaluator_guard], model=initial, **common
     )
     rank = evaluator.args.process_index
     world = evaluator.args.world_size
@@ -146,6 +160,9 @@ def main() -> None:
         "world_size": world,
         "pre_train_eval_perplexity": before.get("eval_perplexity"),
         "pre_train_eval_token_loss": before.get("eval_token_loss"),
+        # The per-sample rows the noise test pairs: gathered from both ranks in dataset order, repeats dropped.
+        "pre_train_sample_nll": evaluator_guard.last_samples[0].tolist(),
+        "pre_train_sample_tokens": evaluator_guard.last_samples[1].tolist(),
     }
 
     # 2. Training with OverfitGuard(patience=2), on a model with the same seeded initial weights.
@@ -158,6 +175,8 @@ def main() -> None:
         live = trainer.model.state_dict()
         record["same_initial_weights"] = all(torch.equal(v, live[k]) for k, v in initial.state_dict().items())
         record["hand_perplexity"], record["hand_tokens"] = exact_perplexity(initial, evaluator.eval_dataset, tokenizer)
+        record["hand_sample_nll"], record["hand_sample_tokens"] = per_sample_nll(initial, evaluator.eval_dataset,
+                                                                                 tokenizer)  # fmt: skip
     trainer.train()
 
     # 3. A standalone evaluation of the final model, on every rank.
