@@ -491,7 +491,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.save_curves:
         import json
 
-        Path(args.save_curves).write_text(json.dumps({"curves": saved_curves, "live_checks": live_checks}))
+        Path(args.save_curves).write_text(json.dumps({"curves": saved_curves, "live_checks": live_checks,
+                                                      "elapsed_s": time.perf_counter() - started}))  # fmt: skip
     summary = summarise(cases)
     n = len(cases)
     results: dict[str, Any] = {
@@ -512,7 +513,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     results["elapsed_s"] = time.perf_counter() - started
     if args.replay:
-        results["replayed_from"] = str(args.replay)  # the training cases' curves were not recomputed now
+        # The training cases' curves were not recomputed now: the time is the run that measured them.
+        results["replayed_from"] = str(args.replay)
+        results["replay_elapsed_s"] = results["elapsed_s"]
+        results["elapsed_s"] = saved.get("elapsed_s", results["elapsed_s"])
     print_report(results)
     output = write_json(results, args.output)
     ver = results["verdict"]
