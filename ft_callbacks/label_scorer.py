@@ -263,6 +263,7 @@ class LabelScorer(FtCallback):
         self._model: Any = None
         self._handle: Any = None
         self._no_logits = 0
+        self._no_labels = 0  # eval batches whose labels the Trainer kept from the model (label smoothing)
 
     # -- set-up and checks -------------------------------------------------------------------
     def _check_positive(self, names: list[str]) -> None:
@@ -439,11 +440,17 @@ class LabelScorer(FtCallback):
         try:
             labels = kwargs.get("labels")
             logits = _field(output, "logits")
+            if self.task is None and self._task == "classification":
+                # transformers sets config.problem_type at the first forward from the labels' dtype and
+                # shape (float multi-hot labels -> multi-label) when the user did not.
+                self._task = self._infer_task(module) or self._task
             task = self._task or "classification"
             rows = self._rows(task, logits, labels)
             if rows is None:
                 if isinstance(labels, torch.Tensor):
                     self._no_logits += 1
+                elif task in ("multi_label", "token_classification") and isinstance(logits, torch.Tensor):
+                    self._no_labels += 1
                 return
             self._pending.append(rows)
         except Exception as exc:  # measuring must never break the user's forward pass
@@ -560,6 +567,12 @@ class LabelScorer(FtCallback):
                     f"{type(unwrap_model(ctx.model)).__name__} returned none this evaluation. Use a model with such a "
                     "head, pass task= if it was inferred wrongly, or label_metrics() as compute_metrics for other "
                     "outputs."
+                )
+            if self._no_labels:
+                raise ConfigurationError(
+                    f"LabelScorer ({task}) could not see the labels: the Trainer removes them from the model inputs "
+                    "when it computes the loss itself (label_smoothing_factor > 0 or compute_loss_func). Use "
+                    f"compute_metrics=ft_callbacks.label_metrics(..., task={task!r}) in that set-up."
                 )
             notice_once("labels:none", "LabelScorer saw no labelled evaluation batch; no label metrics this time.")
             return

@@ -218,6 +218,24 @@ def test_multi_label_head_numbers_equal_sklearn(tokenizer, corpus, tmp_path):
         assert logged[f"eval_roc_auc_{name}"] == pytest.approx(skm.roc_auc_score(y[:, j], probs[:, j]), rel=1e-5)
 
 
+def test_multi_label_inferred_from_float_labels_when_problem_type_is_unset(tokenizer, corpus, tmp_path):
+    """transformers sets problem_type at the first forward (float multi-hot labels); LabelScorer follows."""
+    model = BertForSequenceClassification(bert_config(tokenizer, num_labels=3))
+    assert model.config.problem_type is None
+    scorer = LabelScorer()
+    trainer = make_trainer(
+        model, tokenizer, sequence_data(tokenizer, corpus[:20], multi_hot),
+        sequence_data(tokenizer, corpus[200:261], multi_hot), DataCollatorWithPadding(tokenizer), tmp_path, [scorer],
+    )  # fmt: skip
+    metrics = trainer.evaluate()
+    assert scorer.resolved_task == "multi_label"
+    out = trainer.predict(trainer.eval_dataset)
+    preds = (np.asarray(out.predictions) >= 0).astype(int)  # sigmoid >= 0.5
+    assert metrics["eval_f1_micro"] == pytest.approx(
+        skm.f1_score(out.label_ids.astype(int), preds, average="micro", zero_division=0)
+    )
+
+
 # -- token classification ------------------------------------------------------------------------------------
 def ner_trainer(tokenizer, corpus, tmp_path, callbacks, **overrides):
     overrides = {"max_steps": 30, "eval_steps": 15, "learning_rate": 5e-3, **overrides}  # learns some entities
@@ -332,6 +350,12 @@ def test_label_metrics_regression_and_multi_label_with_plain_arrays():
 def test_bad_settings_fail_at_construction(kwargs, match):
     with pytest.raises(ConfigurationError, match=match):
         LabelScorer(**kwargs)
+
+
+def test_labels_hidden_by_label_smoothing_say_what_to_use(tokenizer, corpus, tmp_path):
+    trainer = ner_trainer(tokenizer, corpus, tmp_path, [LabelScorer()], max_steps=1, label_smoothing_factor=0.1)
+    with pytest.raises(ConfigurationError, match=r"label_smoothing_factor > 0.*task='token_classification'"):
+        trainer.evaluate()
 
 
 def test_missing_slice_column_and_wrong_threshold_count_fail_before_step_one(tokenizer, corpus, tmp_path):
