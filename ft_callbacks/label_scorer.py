@@ -16,6 +16,7 @@ scikit-learn, SciPy and seqeval.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -231,7 +232,8 @@ class LabelScorer(FtCallback):
         self.last_slices: SliceReport | None = None
         self.last_task_report: TaskReport | None = None
         self._task: str | None = self.task
-        self._trainer: Any = None
+        self._trainer_ref: Any = None  # weak: the Trainer holds this callback
+        self._slice_cache: tuple[Any, list[str]] | None = None
         self._resolved = False  # label names and task read from the model
         if label_names is not None:
             if isinstance(label_names, (str, bytes)) or not isinstance(label_names, Iterable):
@@ -310,8 +312,12 @@ class LabelScorer(FtCallback):
     def _find_trainer(self) -> Any:
         trainer = find_trainer(self)
         if trainer is not None:
-            self._trainer = trainer
+            self._trainer_ref = weakref.ref(trainer)
         return self._trainer
+
+    @property
+    def _trainer(self) -> Any:
+        return self._trainer_ref() if self._trainer_ref is not None else None
 
     def _infer_task(self, model: Any) -> str | None:
         if self.task is not None:
@@ -696,7 +702,12 @@ class LabelScorer(FtCallback):
                 if self.slice_by not in columns:
                     continue
                 return [str(v) for v in dataset[self.slice_by]]
-            return [str(self.slice_by(dataset[i])) for i in range(count)]  # type: ignore[misc, operator]
+            # A function runs once per example: cached for the same eval dataset (evaluations repeat).
+            key = (id(dataset), getattr(dataset, "_fingerprint", None), count)
+            if self._slice_cache is None or self._slice_cache[0] != key:
+                names = [str(self.slice_by(dataset[i])) for i in range(count)]  # type: ignore[misc, operator]
+                self._slice_cache = (key, names)
+            return list(self._slice_cache[1])
         return None
 
     def _compute_slices(
