@@ -1,6 +1,7 @@
 """The `ft-callbacks` command.
 
     ft-callbacks score predictions.jsonl [--metrics rouge bleu bertscore] [--output scores.json]
+    ft-callbacks judge outputs.jsonl (--model M [--base-url URL] | --local PATH) [--baseline-field base] [--rubric ...]
     ft-callbacks check configs/default.yaml [--set overfit_guard.patience=5]
     ft-callbacks demo [--output-dir runs/demo]
     ft-callbacks report RUN_DIR [--out-dir DIR] [--format png,html]
@@ -149,6 +150,35 @@ def cmd_score(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_judge(args: argparse.Namespace) -> int:
+    from .judge import Judge
+    from .judge.files import judge_file
+
+    if bool(args.model) == bool(args.local):
+        raise ConfigurationError("give the judge: --model NAME (an OpenAI-compatible endpoint, with --base-url for a "
+                                 "local server) or --local PATH (an in-process Hugging Face model).")  # fmt: skip
+    output = Path(args.output) if args.output else Path(args.file).with_suffix(".judge.json")
+    _check_output(output)
+    if args.local:
+        judge = Judge.local(args.local)
+    else:
+        options = {"api_key_env": args.api_key_env, "max_concurrency": args.max_concurrency}
+        if args.max_calls:
+            options["max_calls"] = args.max_calls
+        judge = Judge.openai(model=args.model, base_url=args.base_url, **options)
+    result = judge_file(
+        args.file, judge, rubric=args.rubric, prompt_field=args.prompt_field, prediction_field=args.prediction_field,
+        baseline_field=args.baseline_field, reference_field=args.reference_field,
+        max_invalid_rate=args.max_invalid_rate, cache=args.cache,
+    )  # fmt: skip
+    output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(_table(result["metrics"]))
+    for warning in result["warnings"]:
+        print(f"WARNING: {warning}", file=sys.stderr)
+    print(f"{result['usage']['calls']} judge calls, {result['usage']['cached']} from the cache; wrote {output}")
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
@@ -196,6 +226,31 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--bertscore-num-layers", type=int, help="layer of --bertscore-model to use")
     score.add_argument("--device", help="BERTScore device (default: cuda if available, else cpu)")
     score.set_defaults(func=cmd_score)
+
+    judge = commands.add_parser(
+        "judge",
+        help="LLM-as-judge over saved outputs: rubric scores, and the win rate against a baseline column",
+        description="Judge a JSON-lines file of {prompt, prediction[, baseline][, reference]} objects with the same "
+        "prompts, cache and numbers as GenerationScorer(judge=...) during training. With --baseline-field, each "
+        "pair is judged in both orders (win rate, ties, flip rate, length control). Verdicts are cached beside "
+        "FILE, so a rerun makes no new calls. The API key is read from --api-key-env.",
+    )
+    judge.add_argument("file", help="JSON-lines file, one object per line")
+    judge.add_argument("--model", help="model name at an OpenAI-compatible endpoint")
+    judge.add_argument("--base-url", help="endpoint, e.g. http://127.0.0.1:8000/v1 (default: OpenAI)")
+    judge.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable with the API key")
+    judge.add_argument("--local", help="path of a Hugging Face causal LM to judge in-process instead")
+    judge.add_argument("--rubric", help='criteria for the pointwise score, e.g. "helpfulness, correctness, tone"')
+    judge.add_argument("--prompt-field", default="prompt")
+    judge.add_argument("--prediction-field", default="prediction")
+    judge.add_argument("--baseline-field", help="field with the baseline model's output (enables the win rate)")
+    judge.add_argument("--reference-field", help="field with a reference answer the judge sees")
+    judge.add_argument("--max-concurrency", type=int, default=4)
+    judge.add_argument("--max-calls", type=int, help="stop judging after this many calls")
+    judge.add_argument("--max-invalid-rate", type=float, default=0.2)
+    judge.add_argument("--cache", help="verdict cache file (default: FILE.judge_cache.sqlite beside FILE)")
+    judge.add_argument("--output", "-o", help="JSON output path (default: FILE with .judge.json)")
+    judge.set_defaults(func=cmd_judge)
 
     demo = commands.add_parser(
         "demo",
