@@ -293,8 +293,9 @@ def test_metric_from_spec_reads_the_config_form(tmp_path):
 def test_text_scorer_mixes_task_and_overlap_metrics():
     refs = ["42", "the cat", "x"]
     preds = ["42", "the dog", "```json\n[1]\n```"]
-    scorer = TextScorer(("exact_match", "bleu", "json_valid", Regex(r"\d+"), "distinct"), references=refs)
+    scorer = TextScorer(("exact_match", "bleu", "json_valid", Regex(r"\d+"), "distinct", "self_bleu"), references=refs)
     scores = scorer.score(preds)
+    assert scores.signatures["self_bleu"].startswith("self-nrefs:2|")
     assert scores.corpus["exact_match"] == pytest.approx(1 / 3)
     assert scores.corpus["json_valid_rate"] == pytest.approx(2 / 3)  # "42" is JSON too
     assert scores.corpus["regex_match_rate"] == pytest.approx(1 / 3)

@@ -134,7 +134,10 @@ class SelfBleu(TaskMetric):
         return (self.name,)
 
     def signature(self) -> str:
-        return str(self._bleu.get_signature())
+        """sacrebleu's signature of the last round (nrefs: the round size - 1), '' before any round."""
+        if getattr(self._bleu, "num_refs", 0) in (0, None):
+            return ""
+        return f"self-{self._bleu.get_signature()}"
 
     def hypotheses(self, n: int) -> list[int]:
         """The indices scored as hypotheses in a round of n outputs (all, or a seeded sample)."""
@@ -157,6 +160,7 @@ class SelfBleu(TaskMetric):
         if len(texts) < 2:
             return TaskResult({self.name: 0.0})
         bleu = self._bleu
+        bleu.num_refs = len(texts) - 1  # what sentence_score(text, others) records, for the signature
         order = bleu.max_ngram_order
         counts, lengths = [], []
         for text in texts:

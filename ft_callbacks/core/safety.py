@@ -160,7 +160,7 @@ class Toxicity(TaskMetric):
             result = self._detoxify.predict(texts)
             return [float(v) for v in result["toxicity"]]
         if _is_pipeline(self.classifier):
-            raw = self.classifier(texts, top_k=None, truncation=True)
+            raw = self.classifier(texts, top_k=None, truncation=True, batch_size=self.batch_size)
         else:
             raw = self.classifier(texts)
         try:
