@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 from transformers import TrainerCallback
 
-from ft_callbacks import ConfigurationError
+from ft_callbacks import ConfigurationError, FtCallback
 from ft_callbacks.core.stopping import NoiseTest, OverfitPolicy, paired_difference
 from ft_callbacks.overfit_guard import OverfitGuard
 
@@ -253,3 +253,53 @@ def test_live_noise_rule_stops_an_overfitting_run_and_says_why(tokenizer, corpus
     assert "rise beyond noise 0/2" in out or "rise beyond noise 1/2" in out
     assert "above best (z = " in guard.stop_reason and "\u00b1" in guard.stop_reason
     assert f"OverfitGuard stops training at step {step} (gap rule): val +" in out
+
+
+class _ScorePerSample(FtCallback):
+    """A score with per-sample values (as a scorer that keeps them would offer): flat after the first
+    evaluations, with per-sample spread, so only the noise test sees it as a plateau."""
+
+    exclusive_metrics = ("sample_score",)
+
+    def __init__(self, offer: bool = True) -> None:
+        self.offer, self.values, self.step = offer, None, None
+        self.rng = np.random.default_rng(0)
+
+    def produces(self) -> set[str]:
+        return {"sample_score"}
+
+    def compute(self, ctx) -> None:
+        # 0.5 on average, each evaluation a fresh draw around it: changes within noise, new highs by chance.
+        self.values = np.clip(0.5 + self.rng.normal(0, 0.2, size=40), 0, 1)
+        self.step = ctx.step
+        ctx.add("sample_score", float(self.values.mean()))
+
+    def per_sample_values(self, metric: str, step: int):
+        if self.offer and metric == "eval_sample_score" and step == self.step:
+            return self.values, None
+        return None
+
+
+def test_a_score_with_per_sample_values_gets_the_noise_test_and_one_without_falls_back(
+    tokenizer, corpus, tmp_path, capsys
+):
+    guard = OverfitGuard(noise_test=True, patience=None, plateau_patience=3, monitor="eval_sample_score",
+                         restore_best_weights=False)  # fmt: skip
+    trainer = lm_trainer(tokenizer, corpus, tmp_path / "a", [guard, _ScorePerSample()], max_steps=100,
+                         train_size=200, report_to="none")  # fmt: skip
+    trainer.train()
+    assert guard.stop_rule == "plateau" and guard.policy.stop_step == 40  # 3 evaluations after the first
+    assert "eval_sample_score has not improved beyond noise" in guard.stop_reason
+    assert guard.policy.noise_monitor.mode == "max"  # a score: higher is better
+    # Without per-sample values the plateau rule counts as before (new highs by chance reset it), said once.
+    capsys.readouterr()
+    counting = OverfitGuard(noise_test=True, patience=None, plateau_patience=3, monitor="eval_sample_score",
+                            restore_best_weights=False)  # fmt: skip
+    trainer = lm_trainer(tokenizer, corpus, tmp_path / "b", [counting, _ScorePerSample(offer=False)], max_steps=100,
+                         train_size=200, report_to="none")  # fmt: skip
+    trainer.train()
+    out = capsys.readouterr().out
+    assert out.count("OverfitGuard's noise test: eval_sample_score has no per-sample values") == 1
+    # The score's means: 0.488, 0.560 (a new high, within noise: z = 1.6), 0.501, 0.466, 0.500: counting
+    # resets at the second evaluation and stops one evaluation later than the noise test.
+    assert counting.stop_rule == "plateau" and counting.policy.stop_step == 50
