@@ -4,6 +4,7 @@
     python -m benchmarks --full           # larger sizes, more repeats
     python -m benchmarks --only label_scorer text_scores
     python -m benchmarks --render         # no run: RESULTS.md from every committed results_*.json
+    python -m benchmarks --gpu            # on a CUDA machine: benchmarks/gpu_check.py, then RESULTS.md
 
 Each `benchmarks/bench_<name>.py` runs in its own process (fixed seeds, its baselines measured in the
 same run, medians and spread over interleaved repeats) and writes `results_<name>.json` with a
@@ -167,8 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=discover(), help="run only these benchmarks")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per benchmark")
     parser.add_argument("--render", action="store_true", help="run nothing: RESULTS.md from the committed JSONs")
+    parser.add_argument("--gpu", action="store_true", help="run the GPU check (gpu_check.py), then render")
     args = parser.parse_args(argv)
     out = HERE / "RESULTS.md"
+    if args.gpu:
+        code = subprocess.run([sys.executable, str(HERE / "gpu_check.py")], cwd=HERE.parent, timeout=600).returncode
+        out.write_text(render([committed(name) for name in discover()], args.full))
+        print(f"gpu_check exit {code}; wrote {out}")
+        return code
     if args.render:
         out.write_text(render([committed(name) for name in discover()], args.full))
         print(f"wrote {out} from the committed results")
