@@ -37,7 +37,7 @@ from .core.label_tasks import (
     token_metrics,
     token_tags,
 )
-from .core.slices import DEFAULT_MIN_SLICE_SIZE, SliceReport, slice_metrics
+from .core.slices import DEFAULT_MIN_SLICE_SIZE, SliceReport, format_slices, slice_keys, slice_metrics
 from .distributed import gather_eval_rows
 from .engines import find_trainer
 from .publish import EvaluationContext, _print, notice_once
@@ -726,7 +726,7 @@ class LabelScorer(FtCallback):
             names = [name for name, kept in zip(names, keep, strict=True) if kept]
         report = slice_metrics(names, score_slice, min_slice_size=self.min_slice_size)
         self.last_slices = report
-        keys = dict(zip(report.names, _slice_keys(report.names), strict=True))
+        keys = dict(zip(report.names, slice_keys(report.names), strict=True))
         for result in report.slices:
             ctx.add(f"slice_{keys[result.name]}_count", result.count, show=False)
             for metric, value in result.values.items():
@@ -780,30 +780,6 @@ def _class_names(config: Any, num_labels: int) -> list[str]:
         if all(real) and len(set(real)) == num_labels and real != names:
             return real  # type: ignore[return-value]
     return names
-
-
-def _slice_keys(names: list[str]) -> list[str]:
-    from .core.label_metrics import flat_label_keys
-
-    return flat_label_keys(names)
-
-
-def format_slices(report: SliceReport, metric: str, slice_by: Any, step: int) -> str:
-    """The console lines of a sliced evaluation: each slice's count and `metric`, the worst one named,
-    the slices too small for a number marked as such."""
-    by = slice_by if isinstance(slice_by, str) else getattr(slice_by, "__name__", "function")
-    worst = report.worst(metric)
-    head = f"[ft_callbacks] step {step} | {metric} by slice ({by})"
-    head += f": worst {worst.name!r} {worst.values[metric]:.4g} (n={worst.count})" if worst else ": no slice has it"
-    parts = []
-    for result in report.slices:
-        if result.too_small:
-            parts.append(f"{result.name} (n={result.count}): too small (< {report.min_slice_size})")
-        elif metric in result.values:
-            parts.append(f"{result.name} (n={result.count}): {result.values[metric]:.4g}")
-        else:
-            parts.append(f"{result.name} (n={result.count}): undefined")
-    return head + "\n    " + ", ".join(parts)
 
 
 def _table(columns: list[str], data: list[list[Any]]) -> Callable:

@@ -23,9 +23,18 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigurationError
+from .label_metrics import flat_label_keys
 from .modes import Mode, check_mode
 
-__all__ = ["SliceReport", "SliceResult", "slice_means", "slice_metrics", "slice_names"]
+__all__ = [
+    "SliceReport",
+    "SliceResult",
+    "format_slices",
+    "slice_keys",
+    "slice_means",
+    "slice_metrics",
+    "slice_names",
+]
 
 DEFAULT_MIN_SLICE_SIZE = 10
 
@@ -199,3 +208,46 @@ def slice_metrics(
                 result.values = {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
         results.append(result)
     return SliceReport(results, minimum)
+
+
+def slice_keys(names: Sequence[str]) -> list[str]:
+    """The metric-key form of each slice name (``[A-Za-z0-9_]``, deduplicated), for keys such as
+    ``eval_slice_<key>_f1``.
+
+    Example:
+        >>> slice_keys(["web/short", "news", "web short"])
+        ['web_short', 'news', 'web_short_2']
+    """
+    return flat_label_keys(names)
+
+
+def format_slices(report: SliceReport, metric: str, slice_by: Any, step: int, mode: Mode | None = None) -> str:
+    """Console lines of a sliced evaluation: the worst slice of `metric` named, then each slice's count
+    and value, the slices too small for a number marked as such.
+
+    Args:
+        report: the evaluation's `SliceReport`.
+        metric: the metric shown (a key of the slices' values).
+        slice_by: a column name, or a function (its ``__name__`` is shown).
+        step: the training step, for the header.
+        mode: "min" or "max"; default from the name.
+
+    Example:
+        >>> report = slice_means({"f1": [1, 0, 1, 1]}, ["a", "a", "b", "c"], min_slice_size=2)
+        >>> print(format_slices(report, "f1", "source", 10))
+        [ft_callbacks] step 10 | f1 by slice (source): worst 'a' 0.5 (n=2)
+            a (n=2): 0.5, b (n=1): too small (< 2), c (n=1): too small (< 2)
+    """
+    by = slice_by if isinstance(slice_by, str) else getattr(slice_by, "__name__", "function")
+    worst = report.worst(metric, mode)
+    head = f"[ft_callbacks] step {step} | {metric} by slice ({by})"
+    head += f": worst {worst.name!r} {worst.values[metric]:.4g} (n={worst.count})" if worst else ": no slice has it"
+    parts = []
+    for result in report.slices:
+        if result.too_small:
+            parts.append(f"{result.name} (n={result.count}): too small (< {report.min_slice_size})")
+        elif metric in result.values:
+            parts.append(f"{result.name} (n={result.count}): {result.values[metric]:.4g}")
+        else:
+            parts.append(f"{result.name} (n={result.count}): undefined")
+    return head + "\n    " + ", ".join(parts)
