@@ -306,8 +306,10 @@ class GenerationScorer(FtCallback):
             return None
         raw = self._raw_prompts if self._raw_prompts is not None else self.dataset
         total = len(raw) if raw is not None else None
+        while hasattr(model, "module") and not hasattr(model, "config"):  # a DDP wrapper; a PEFT model stays one
+            model = model.module
         return self._judging.prepare_base(
-            args, state, unwrap_model(model), self._settings(None), list(self._prompt_texts),
+            args, state, model, self._settings(None), list(self._prompt_texts),
             lambda items: self._prompts.sample(items)[1],
             lambda base: self.generate(base, tokenizer, args, show_progress=False), total,
         )  # fmt: skip
