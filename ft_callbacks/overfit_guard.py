@@ -694,8 +694,8 @@ class OverfitGuard(FtCallback):
             if policy.noise_gap is not None:
                 parts.append(f"rise beyond noise {policy.loss_obs.rises}/{policy.confirm}")
         if policy.monitor_obs is not None and policy.plateau is not None:
-            what = "" if policy.monitor_obs is policy.loss_obs else f" {policy.monitor_obs.describe(self.monitor)};"
-            parts.append(f"{what} no improvement beyond noise {policy.monitor_obs.wait}/{policy.plateau.patience}")
+            what = "" if policy.monitor_obs is policy.loss_obs else f"{policy.monitor_obs.describe(self.monitor)}; "
+            parts.append(f"{what}no improvement beyond noise {policy.monitor_obs.wait}/{policy.plateau.patience}")
         if policy.noise_fallback and ctx.is_main:
             rules = " and ".join(f"the {rule} rule" for rule in policy.noise_fallback)
             why = (
