@@ -34,6 +34,7 @@ from .core.label_tasks import (
     TaskReport,
     multilabel_metrics,
     regression_metrics,
+    require_seqeval,
     token_metrics,
     token_tags,
 )
@@ -388,6 +389,8 @@ class LabelScorer(FtCallback):
             self._names = None
             self._resolved = True
             return None
+        if self._task == "token_classification":
+            require_seqeval()  # before step 1, not at the first evaluation
         if self._task != "classification" and self.positive_label is not None:
             raise ConfigurationError(
                 f"positive_label applies to single-label classification, not {self._task}: drop it."

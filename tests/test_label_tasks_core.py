@@ -225,3 +225,9 @@ def test_every_new_metric_has_the_right_direction():
                  "eval_entity_recall", "eval_token_accuracy", "eval_slice_web_entity_f1"):  # fmt: skip
         assert infer_mode(name) == "max", name
     assert infer_mode("eval_slice_news_rmse") == "min"
+
+
+def test_missing_seqeval_names_the_install(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "seqeval.metrics", None)  # as if the extra were not installed
+    with pytest.raises(ConfigurationError, match=r"ft-callbacks\[labels\]"):
+        token_metrics([["O"]], [["O"]])

@@ -38,6 +38,7 @@ __all__ = [
     "TaskReport",
     "multilabel_metrics",
     "regression_metrics",
+    "require_seqeval",
     "token_metrics",
     "token_tags",
 ]
@@ -291,6 +292,17 @@ def multilabel_metrics(
 # --------------------------------------------------------------------------------------- tokens
 
 
+def require_seqeval() -> None:
+    """Raise `ConfigurationError` naming the install command when seqeval (an optional extra) is missing."""
+    try:
+        import seqeval.metrics  # noqa: F401
+    except ImportError:
+        raise ConfigurationError(
+            "Token-classification metrics come from seqeval, which is not installed: "
+            "pip install 'ft-callbacks[labels]' (or pip install seqeval)."
+        ) from None
+
+
 def token_tags(
     predictions: Sequence[Sequence[int]] | np.ndarray,
     labels: Sequence[Sequence[int]] | np.ndarray,
@@ -358,6 +370,7 @@ def token_metrics(
         >>> token_metrics([["B-PER", "I-PER", "O"]], [["B-PER", "I-PER", "O"]]).scalars["entity_f1"]
         1.0
     """
+    require_seqeval()
     from seqeval import metrics as sqm
     from seqeval import scheme as sqs
 
