@@ -64,8 +64,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
         ValueError: k > n, c > n or negative counts.
 
     Example:
-        >>> pass_at_k(5, 1, 1)
-        0.2
+        >>> round(pass_at_k(5, 2, 2), 6)  # 1 - C(3, 2) / C(5, 2)
+        0.7
     """
     if n < 0 or c < 0 or k < 1 or c > n or k > n:
         raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")

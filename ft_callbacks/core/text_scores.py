@@ -1144,6 +1144,7 @@ def score_texts(
     The BERT model is freed afterwards; to score repeatedly against the same references, keep a TextScorer.
 
     Example:
+        >>> from ft_callbacks.core.structured import Regex
         >>> score_texts(['{"a": 1}', "x"], metrics=("json_valid", Regex(r"x"), "distinct"))
         {'json_valid_rate': 0.5, 'regex_match_rate': 0.5, 'distinct_1': 1.0, 'distinct_2': 1.0}
     """
