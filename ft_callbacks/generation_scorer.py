@@ -39,7 +39,8 @@ from .publish import EvaluationContext, _print, notice_once, publish
 _RANKING_SCORES = ("rougeL", "bertscore_f1", "chrf", "exact_match")
 
 
-_CONSOLE_QUIET = {"rouge2", "rougeLsum", "bertscore_precision", "bertscore_recall"}
+_CONSOLE_QUIET = {"rouge2", "rougeLsum", "bertscore_precision", "bertscore_recall", "judge_score_invalid_rate",
+                  "tie_rate", "win_rate_ci_low", "win_rate_ci_high", "judge_flip_rate", "length_ratio"}
 
 
 class GenerationScorer(FtCallback):
@@ -226,7 +227,9 @@ class GenerationScorer(FtCallback):
     _pending = property(lambda self: self._queue.pending)
 
     console_label = "generation"
-    exclusive_metrics = ("bertscore_precision", "bertscore_recall", "bertscore_f1", "chrf")
+    exclusive_metrics = ("bertscore_precision", "bertscore_recall", "bertscore_f1", "chrf", "judge_score",
+                         "win_rate", "win_rate_lc", "tie_rate", "win_rate_ci_low", "win_rate_ci_high",
+                         "judge_flip_rate", "judge_invalid_rate", "length_ratio")
     shared_metrics = ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "exact_match")
     deltas = True
     add_hint = "GenerationScorer(prompts=..., references=...)"

@@ -184,3 +184,16 @@ def test_user_judge_needs_only_one_method():
     assert ReferenceWords().can_score and ReferenceWords().can_compare
     result = JudgeRound(AlwaysA(), win_rate=True).run(0, ["p"], ["x"])  # no base outputs: no win rate
     assert result.metrics == {}
+
+
+def test_judges_from_a_config_mapping_never_take_a_key():
+    from ft_callbacks.core.errors import ConfigurationError
+
+    judge = Judge.from_config({"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1", "max_calls": 5})
+    assert judge.identity()["model"] == "m" and judge.max_calls == 5
+    with pytest.raises(ConfigurationError, match="api_key_env"):
+        Judge.from_config({"backend": "openai", "model": "m", "base_url": "x", "api_key": "sk-..."})
+    with pytest.raises(ConfigurationError, match="'openai' or 'local'"):
+        Judge.from_config({"model": "m"})
+    with pytest.raises(ConfigurationError, match="colour"):
+        Judge.from_config({"backend": "local", "model": "path", "colour": 1})

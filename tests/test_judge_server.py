@@ -131,7 +131,8 @@ def test_budget_stops_judging_loudly(server):
     assert "win_rate" not in result.metrics  # 3 of 6 verdicts missing: invalid, not losses
 
 
-def test_trainer_run_over_http_keeps_the_key_secret(server, tokenizer, corpus, tmp_path, monkeypatch, wandb_offline):
+def test_trainer_run_over_http_keeps_the_key_secret(server, tokenizer, corpus, tmp_path, monkeypatch, wandb_offline,
+                                                     capsys):  # fmt: skip
     monkeypatch.setenv("FT_TEST_JUDGE_KEY", SECRET)
     judge = openai_judge(server, api_key_env="FT_TEST_JUDGE_KEY", max_concurrency=2)
     scorer = GenerationScorer(*prompt_pairs(corpus), metrics=("rouge",), num_samples=3, max_new_tokens=6,
@@ -155,6 +156,7 @@ def test_trainer_run_over_http_keeps_the_key_secret(server, tokenizer, corpus, t
                 leaked.append(str(path))
     assert not leaked, leaked
     assert SECRET not in repr(judge) and SECRET not in str(judge.identity())
+    assert SECRET not in capsys.readouterr().out
 
 
 def test_server_killed_mid_round_skips_the_round_and_training_goes_on(server, tokenizer, corpus, tmp_path, capsys):

@@ -172,6 +172,32 @@ class Judge:
         return OpenAIJudge(model=model, base_url=base_url, **options)
 
     @staticmethod
+    def from_config(options: dict[str, Any]) -> Judge:
+        """A built-in judge from a config mapping: `{"backend": "openai", "model": ..., "base_url": ...,
+        ...}` or `{"backend": "local", "model": "path", ...}` (the other keys are the constructor's).
+
+        Raises:
+            ConfigurationError: no or an unknown backend, or options the backend does not take.
+        """
+        from ..core.errors import ConfigurationError
+
+        if not isinstance(options, dict):
+            raise ConfigurationError(f"judge must be a mapping with a backend, e.g. {{backend: openai, model: ...}}; "
+                                     f"got {type(options).__name__}.")  # fmt: skip
+        settings = dict(options)
+        backend = settings.pop("backend", None)
+        makers = {"openai": Judge.openai, "local": Judge.local}
+        if backend not in makers:
+            raise ConfigurationError(f"judge.backend={backend!r} is not valid: use 'openai' or 'local'.")
+        if "api_key" in settings:
+            raise ConfigurationError("judge.api_key is not read from configs (it would end up in files): put the key "
+                                     "in an environment variable and name it with judge.api_key_env.")  # fmt: skip
+        try:
+            return makers[backend](**settings)
+        except TypeError as exc:
+            raise ConfigurationError(f"judge ({backend}): {exc}") from None
+
+    @staticmethod
     def local(model: Any, tokenizer: Any = None, **options: Any) -> Judge:
         """An in-process Hugging Face causal LM as the judge (a path or a loaded model). See
         `ft_callbacks.judge.local_backend.LocalJudge` for the options."""
