@@ -90,6 +90,12 @@ def _cell(value: object) -> str:
     return str(value).replace("|", "\\|").strip()
 
 
+def _markdown(table: list[list]) -> list[str]:
+    header, *rows = table
+    return ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header),
+            *["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]]  # fmt: skip
+
+
 def render(runs: list[dict], full: bool) -> str:
     lines = [
         "# Benchmark results",
@@ -128,10 +134,13 @@ def render(runs: list[dict], full: bool) -> str:
         if isinstance(verdict, dict) and verdict.get("criterion"):
             met = "met" if verdict.get("target_met") else "missed"
             lines += [f"Target ({met}): {verdict['criterion']}.", ""]
-        header, *rows = table
-        lines.append("| " + " | ".join(_cell(h) for h in header) + " |")
-        lines.append("|" + "---|" * len(header))
-        lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+        lines += _markdown(table)
+        # Optional, for benchmarks that have them: sentences on what the numbers mean, and further tables.
+        notes = run["results"].get("notes") or []
+        if notes:
+            lines += ["", *[f"- {note}" for note in notes]]
+        for extra in run["results"].get("extra_tables") or []:
+            lines += ["", f"{extra.get('title', '')}", "", *_markdown(extra.get("rows") or [[""]])]
     lines += gpu_section()
     return "\n".join(lines) + "\n"
 
