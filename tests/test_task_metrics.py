@@ -15,7 +15,7 @@ from nltk.util import ngrams as nltk_ngrams
 from ft_callbacks.core.diversity import Distinct, Length, Repetition, SelfBleu
 from ft_callbacks.core.errors import ConfigurationError
 from ft_callbacks.core.structured import JsonSchema, JsonValid, Regex, extract_json
-from ft_callbacks.core.task_metrics import TASK_METRIC_KEYS, TaskMetric, metric_from_spec
+from ft_callbacks.core.task_metrics import TASK_METRIC_KEYS, TaskMetric, metric_from_spec, task_metric_keys
 from ft_callbacks.core.text_scores import TextScorer, score_texts
 
 # (generated text, the substring a user's parser would hand to json.loads, or None when nothing parses)
@@ -288,6 +288,13 @@ def test_metric_from_spec_reads_the_config_form(tmp_path):
     assert scores == {"json_valid_rate": 1.0, "json_schema_valid_rate": 0.5, "regex_match_rate": 0.5,
                       "ab_match_rate": 0.0}  # fmt: skip
     assert set(TASK_METRIC_KEYS) >= {"json_valid", "regex", "self_bleu", "toxicity", "pass_at_k"}
+    # What a callback declares before any scoring: the same keys the metrics then report.
+    declared = task_metric_keys(["rouge", *metrics])
+    assert declared == set(keys)
+    for name in TASK_METRIC_KEYS:
+        if name in ("json_schema", "regex", "pass_at_k", "toxicity"):
+            continue  # need options
+        assert set(metric_from_spec(name).keys()) == set(TASK_METRIC_KEYS[name]), name
 
 
 def test_text_scorer_mixes_task_and_overlap_metrics():

@@ -193,6 +193,26 @@ def canonical_name(name: str) -> str | None:
     return ALIASES.get(name)
 
 
+def task_metric_keys(metrics: Any) -> set[str]:
+    """The corpus keys the task metrics among `metrics` will report (names, objects; other entries add none),
+    known before any scoring: what a callback declares in `produces()` so that a monitor or threshold on them
+    passes the before-step-1 check.
+
+    Example:
+        >>> sorted(task_metric_keys(["rouge", "json_valid", "distinct"]))
+        ['distinct_1', 'distinct_2', 'json_valid_rate']
+    """
+    if isinstance(metrics, (str, Mapping, TaskMetric)) or callable(metrics):
+        metrics = [metrics]
+    keys: set[str] = set()
+    for metric in metrics or ():
+        if isinstance(metric, TaskMetric):
+            keys.update(metric.keys())
+        elif isinstance(metric, str) and canonical_name(metric) is not None:
+            keys.update(TASK_METRIC_KEYS[canonical_name(metric)])  # type: ignore[index]
+    return keys
+
+
 def metric_from_spec(spec: Any) -> TaskMetric | str | Callable:
     """A metric as a config file writes it, turned into what `TextScorer(metrics=...)` takes.
 
@@ -275,4 +295,5 @@ __all__ = [
     "TaskResult",
     "canonical_name",
     "metric_from_spec",
+    "task_metric_keys",
 ]
