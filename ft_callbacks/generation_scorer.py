@@ -574,6 +574,8 @@ class GenerationScorer(FtCallback):
             return
         if self._prompt_ids is None:
             self._prepare(ctx.model, ctx.processing_class)
+        if self._judging.active and not self._judging.ready:  # a standalone evaluate(): pointwise scores only
+            self._judging.setup(ctx.args, ctx.state)
         # A standalone evaluate() has no training to overlap with, and nothing would publish a late round.
         wait = self._sync or not ctx.training
         self._run_round(ctx.args, ctx.state, ctx.model, ctx.processing_class, ctx, wait=wait, known=known)

@@ -141,8 +141,9 @@ def test_other_settings_after_resume_mean_no_win_rate_not_a_base_from_trained_we
     resumed = lm_trainer(tokenizer, corpus, tmp_path, [other], max_steps=20, eval_steps=20, report_to="none")
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-10"))
     assert "no win rate in this run" in capsys.readouterr().out
-    assert not any("eval_win_rate" in e for e in resumed.state.log_history if e.get("step") == 20 and
-                   "eval_rougeL" in e and e is resumed.state.log_history[-1])  # fmt: skip
+    after = [e for e in resumed.state.log_history if e.get("step") == 20 and "eval_rougeL" in e]
+    assert after and all("eval_win_rate" not in e for e in after)  # generation scores go on, no win rate
+    assert json.loads((tmp_path / "ft_callbacks" / "base" / "judge_outputs.json").read_text())["fingerprint"]
 
 
 def test_invalid_verdicts_skip_the_round_loudly_and_training_goes_on(tokenizer, corpus, tmp_path, capsys):
@@ -180,3 +181,12 @@ def test_bad_judge_options_are_refused_at_construction(corpus):
         GenerationScorer(prompts, references, judge=Gibberish(), win_rate=True, max_invalid_rate=2)
     with pytest.raises(ConfigurationError, match="set win_rate=True"):
         GenerationScorer(prompts, references, judge=Gibberish(), baseline_generations=["x"] * 4)
+
+
+def test_standalone_evaluate_gets_pointwise_scores(tokenizer, corpus, tmp_path):
+    judge = WordOverlap()
+    gen = scorer(corpus, judge)
+    trainer = lm_trainer(tokenizer, corpus, tmp_path, [gen], report_to="none")
+    metrics = trainer.evaluate()
+    assert 1 <= metrics["eval_judge_score"] <= 10 and "eval_win_rate" not in metrics  # no base outputs without train()
+    assert judge.asked == {"score": 6, "pair": 0}

@@ -108,7 +108,13 @@ class JudgeOptions:
         return names
 
     # -- set-up ---------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self._round is not None
+
     def setup(self, args: Any, state: Any) -> None:
+        if self._round is not None and self._round.cache is not None:
+            self._round.cache.close()  # an earlier train() of this callback
         self._output_dir = args.output_dir
         cache = VerdictCache(os.path.join(args.output_dir, JUDGE_FOLDER, "cache.sqlite"))
         self._round = JudgeRound(self.judge, self.rubric, self.win_rate, self.max_invalid_rate, cache)
