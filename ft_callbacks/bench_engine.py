@@ -260,6 +260,7 @@ class BenchEngine:
         self.samples: dict[str, list[int]] | None = None
         self._manager: Any = None
         self._lm: Any = None
+        self._tokenizer_copy: tuple[Any, Any] | None = None
         self.requests_here = 0  # log-likelihood requests the last round ran in this process
 
     def check(self) -> None:
@@ -343,7 +344,7 @@ class BenchEngine:
         error: str | None = None
         round_: BenchRound | None = None
         try:
-            lm = _live_hflm(model, tokenizer, self.batch_size)
+            lm = _live_hflm(model, self._own_copy(tokenizer), self.batch_size)
             self._lm = lm
             seed = self.seed
             with quiet():
@@ -370,6 +371,15 @@ class BenchEngine:
         self._lm = None  # the HFLM holds the model: not kept between rounds
         round_.seconds = time.perf_counter() - start
         return round_
+
+    def _own_copy(self, tokenizer: Any) -> Any:
+        """A copy of the user's tokenizer for lm-eval, which sets a missing pad token on the one it gets
+        (the training's collator must not see a pad token appear mid-run)."""
+        if self._tokenizer_copy is None or self._tokenizer_copy[0] is not tokenizer:
+            import copy
+
+            self._tokenizer_copy = (tokenizer, copy.deepcopy(tokenizer))
+        return self._tokenizer_copy[1]
 
     def _collect(self, results: dict[str, Any]) -> BenchRound:
         out = BenchRound()

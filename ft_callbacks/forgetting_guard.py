@@ -443,10 +443,10 @@ class ForgettingGuard(FtCallback):
         ctx.console.append(f"benchmark round {seconds:.1f}s{questions}")
         self._comparisons = comparisons
         worst = largest_drop(comparisons)
+        kept = ("task", "metric", "drop", "low", "high", "p_value", "n", "method")
         self.history.append({
             "step": ctx.step, "forgetting": worst.drop if worst else None, "seconds": seconds,
-            "comparisons": [{k: c.to_dict()[k] for k in ("task", "metric", "drop", "low", "high", "p_value", "n")}
-                            for c in comparisons],
+            "comparisons": [{k: c.to_dict()[k] for k in kept} for c in comparisons],
         })  # fmt: skip
 
     def _report_bench(self, ctx: EvaluationContext, current: BenchRound) -> list[PairedComparison]:
@@ -499,7 +499,8 @@ class ForgettingGuard(FtCallback):
         if decision.action == "stop" and ctx.training:
             self.rule.stop_step, self.rule.stop_reason = ctx.step, decision.reason
             ctx.stop(OWNER, "forgetting", decision.reason,
-                     summary={"forgetting_stop_step": ctx.step, "forgetting_stop_reason": decision.reason})  # fmt: skip
+                     summary={"early_stop_step": ctx.step, "early_stop_rule": "forgetting",
+                              "early_stop_reason": decision.reason})  # fmt: skip
         else:
             ctx.warn(OWNER, decision.reason)
         if ctx.is_main:

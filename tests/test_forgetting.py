@@ -22,7 +22,7 @@ from ft_callbacks.core.errors import ConfigurationError
 from ft_callbacks.core.modes import infer_mode
 from ft_callbacks.forgetting_guard import ForgettingGuard
 
-from .helpers import REPO, lm_trainer, wandb_history
+from .helpers import REPO, lm_trainer, wandb_history, wandb_records
 
 sys.path.insert(0, str(Path(__file__).parent / "dist_scripts"))
 from forgetting_tasks import pretrained_dirs_model, write_tasks
@@ -88,11 +88,12 @@ def test_numbers_equal_the_lm_eval_command_line_on_the_saved_checkpoint(tmp_path
 @pytest.mark.slow
 @pytest.mark.parametrize("action", ["stop", "warn"])
 def test_real_forgetting_warns_or_stops_at_the_first_real_drop_not_before(tmp_path, tokenizer, corpus, tasks_dir,
-                                                                            dirs_model, action, capsys):  # fmt: skip
+                                                                            dirs_model, action, capsys,
+                                                                            wandb_offline):  # fmt: skip
     # A model that answers fg_dirs (accuracy 1.0), fine-tuned on unrelated docstrings: its answers erode.
     guard = ForgettingGuard(tasks=["fg_dirs_acc"], include_path=str(tasks_dir), max_drop=2.0, action=action)
     trainer = lm_trainer(tokenizer, corpus, tmp_path / "out", [guard], model=copy.deepcopy(dirs_model),
-                         max_steps=20, eval_steps=2, learning_rate=3e-3, report_to="none")  # fmt: skip
+                         max_steps=20, eval_steps=2, learning_rate=3e-3)  # fmt: skip
     trainer.train()
     out = capsys.readouterr().out
     assert guard.base.scores["fg_dirs_acc"]["acc"] == 1.0
@@ -111,9 +112,22 @@ def test_real_forgetting_warns_or_stops_at_the_first_real_drop_not_before(tmp_pa
     if action == "stop":
         assert guard.rule.stop_step == fired_at and trainer.state.global_step == fired_at
         assert f"ForgettingGuard stops training at step {fired_at} (forgetting rule): fg_dirs_acc acc dropped" in out
-        facts = [e for e in trainer.state.log_history if "ft_callbacks/forgetting_stop_step" in e]
-        assert facts and facts[-1]["ft_callbacks/forgetting_stop_step"] == fired_at
-        assert "interval" in facts[-1]["ft_callbacks/forgetting_stop_reason"]
+        facts = [e for e in trainer.state.log_history if "ft_callbacks/early_stop_step" in e]
+        assert facts and facts[-1]["ft_callbacks/early_stop_step"] == fired_at
+        assert facts[-1]["ft_callbacks/early_stop_rule"] == "forgetting"
+        reason = facts[-1]["ft_callbacks/early_stop_reason"]
+        assert reason == guard.rule.stop_reason and "interval" in reason and "McNemar p=" in reason
+        import wandb
+
+        wandb.finish()
+        records = wandb_records(wandb_offline)
+        summary = {}
+        for record in records:
+            if record.get("type") == "summary":
+                summary.update(record["summary"].get("update") or {})
+        assert summary.get("ft_callbacks/early_stop_reason") == reason, summary
+        alerts = [r["alert"] for r in records if r.get("type") == "alert"]
+        assert any(a["title"] == "ForgettingGuard stopped training" and reason in a["text"] for a in alerts)
     else:
         assert trainer.state.global_step == 20 and guard.rule.stop_step is None
         assert out.count("WARNING ForgettingGuard: fg_dirs_acc acc dropped") == 1  # once, though later rounds drop too
@@ -169,6 +183,23 @@ def test_monitor_general_text_every_n_evals_and_a_round_that_fails(tmp_path, tok
     )
 
 
+def test_base_scores_given_as_numbers(tmp_path, tokenizer, corpus, tasks_dir):
+    # Measured elsewhere: no base round here; the comparison is unpaired (the base's answers are unknown).
+    guard = ForgettingGuard(tasks=["fg_dirs"], include_path=str(tasks_dir), limit=12,
+                            base_scores={"fg_dirs": {"acc": 0.9, "acc_stderr": 0.02, "acc_norm": 0.8}})  # fmt: skip
+    trainer = lm_trainer(tokenizer, corpus, tmp_path / "out", [guard], max_steps=5, eval_steps=5, report_to="none")
+    trainer.train()
+    entry = _evals(trainer)[-1]
+    assert guard.base_source == "given" and guard.rounds == 1
+    acc, norm = entry["eval_bench_fg_dirs_acc"], entry["eval_bench_fg_dirs_acc_norm"]
+    assert entry["eval_bench_fg_dirs_acc_delta"] == pytest.approx((acc - 0.9) * 100)
+    assert entry["eval_bench_fg_dirs_acc_norm_delta"] == pytest.approx((norm - 0.8) * 100)
+    assert entry["eval_forgetting"] == pytest.approx(max(0.9 - acc, 0.8 - norm) * 100)
+    last = guard.history[-1]["comparisons"]
+    assert {c["metric"] for c in last} == {"acc", "acc_norm"}
+    assert all(c["n"] == 12 and c["method"] == "unpaired" for c in last)
+
+
 def guard_base_perplexity(guard) -> float:
     return math.exp(guard.base_general)
 
@@ -221,3 +252,41 @@ def test_without_lm_eval_the_message_names_the_extra(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert "ConfigurationError" in done.stdout and "pip install 'ft-callbacks[bench]'" in done.stdout
     assert "general_text alone works" in done.stdout
+
+
+def test_a_group_is_reported_by_its_name_with_its_questions_pooled(tmp_path, tokenizer, corpus):
+    from ft_callbacks.bench_engine import BenchEngine
+
+    folder = write_tasks(tmp_path / "tasks", corpus)
+    (folder / "fg_group.yaml").write_text(
+        "group: fg_group\ntask:\n  - fg_dirs\n  - fg_text\naggregate_metric_list:\n  - metric: acc\n"
+        "    weight_by_size: true\n"
+    )
+    engine = BenchEngine(["fg_group"], [str(folder)], limit=10)
+    engine.check()
+    assert engine.groups == {"fg_group": ["fg_dirs", "fg_text"]}
+    with torch.no_grad():
+        result = engine.run(copy.deepcopy(dirs_free_model(tokenizer)), tokenizer)
+    assert list(result.scores) == ["fg_group"] and result.proportions == {"fg_group": ["acc"]}
+    pooled = result.per_question["fg_group"]["acc"]
+    assert len(pooled) == 20 and {k.split("/")[0] for k in pooled} == {"fg_dirs", "fg_text"}
+    assert result.scores["fg_group"]["acc"] == pytest.approx(sum(pooled.values()) / 20)  # weighted by size
+
+
+def dirs_free_model(tokenizer):
+    from ft_callbacks import toy
+
+    return toy.tiny_gpt2(tokenizer).eval()
+
+
+def test_the_users_tokenizer_is_left_as_it_was(tmp_path, tokenizer, corpus):
+    from ft_callbacks.bench_engine import BenchEngine
+
+    folder = write_tasks(tmp_path / "tasks", corpus)
+    mine = copy.deepcopy(tokenizer)
+    mine.pad_token = None  # lm-eval sets a pad token on a tokenizer without one
+    engine = BenchEngine(["fg_dirs"], [str(folder)], limit=8)
+    engine.check()
+    with torch.no_grad():
+        engine.run(dirs_free_model(mine), mine)
+    assert mine.pad_token is None and mine.padding_side == tokenizer.padding_side
