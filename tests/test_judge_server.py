@@ -159,6 +159,43 @@ def test_trainer_run_over_http_keeps_the_key_secret(server, tokenizer, corpus, t
     assert SECRET not in capsys.readouterr().out
 
 
+def test_kill_and_resume_makes_no_new_judge_calls(server, tokenizer, tmp_path):
+    """A run SIGKILLed right after its step-20 round (before checkpoint-20), resumed from checkpoint-10 in a
+    new process: the base outputs come from the file, the step-20 round's questions from the cache, so the
+    server sees only the resumed run's preflight."""
+    import json
+    import subprocess
+    import sys
+
+    tok_dir = tmp_path / "tokenizer"
+    tokenizer.save_pretrained(str(tok_dir))
+    script = Path(__file__).resolve().parent / "dist_scripts" / "judge_kill_resume.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # fmt: skip
+    out = tmp_path / "run"
+
+    def run(mode):
+        return subprocess.run([sys.executable, str(script), str(tok_dir), str(out), server.url, str(server.model_dir),
+                               mode], env=env, capture_output=True, text=True, timeout=240)  # fmt: skip
+
+    before = server.requests()
+    first = run("first")
+    assert first.returncode == -9, first.stdout[-3000:] + first.stderr[-3000:]  # SIGKILL
+    assert (out / "checkpoint-10").is_dir() and not (out / "checkpoint-20").exists()
+    made = server.requests() - before
+    assert made >= 1 + 4 + 8  # preflight, scores, both orders of 4 pairs (repeated questions come from the cache)
+    pairs_before = (out / "ft_callbacks" / "judge" / "pairs.jsonl").read_text().splitlines()
+    middle = server.requests()
+    resumed = run("resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert server.requests() - middle == 1  # the resumed run's preflight only
+    result = json.loads((out / "resumed.json").read_text())
+    assert result["usage"]["calls"] == 1
+    assert [r["step"] for r in result["rounds"] if "eval_win_rate" in r] == [10, 20]
+    pairs_after = (out / "ft_callbacks" / "judge" / "pairs.jsonl").read_text().splitlines()
+    assert pairs_after == pairs_before  # the step-20 round judged again from the cache, the same verdicts
+
+
 def test_server_killed_mid_round_skips_the_round_and_training_goes_on(server, tokenizer, corpus, tmp_path, capsys):
     """Last in the module: it kills the module's server."""
     judge = openai_judge(server, max_concurrency=1, max_retries=1, pointwise=False)
