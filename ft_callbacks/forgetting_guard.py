@@ -362,8 +362,10 @@ class ForgettingGuard(FtCallback):
             if main:
                 notice_once("forgetting:reused", f"{OWNER} reuses the base model's scores saved in {store.path} "
                             "(same model, tasks and settings).")  # fmt: skip
-            if self.base_general is not None or self.general_texts is None:
-                return
+        need_bench = self.engine is not None and self.base is None
+        need_general = self.general_texts is not None and self.base_general is None
+        if not (need_bench or need_general):
+            return
         if not base_is_available(model, state.global_step):
             self.base_source = self.base_source or "none"
             if main:
@@ -374,10 +376,10 @@ class ForgettingGuard(FtCallback):
             return
         start = time.perf_counter()
         with as_base_model(model) as base_model:
-            if self.engine is not None and self.base is None:
+            if need_bench:
                 self.base = self.engine.run(base_model, self._tokenizer)
                 self.rounds += 1
-            if self.general_texts is not None:
+            if need_general:
                 self.base_general = self._general_totals(base_model).mean_nll
         self.base_source = self.base_source or "measured"
         if main:
