@@ -59,9 +59,9 @@ def prompt_pairs(corpus, count=12):
 
 def scorer(corpus, judge, **options):
     prompts, references = prompt_pairs(corpus)
-    return GenerationScorer(prompts, references, metrics=("rouge",), num_samples=6, max_new_tokens=12,
-                            background=False, judge=judge, rubric="helpfulness, correctness", win_rate=True,
-                            **options)  # fmt: skip
+    settings = {"background": False, **options}
+    return GenerationScorer(prompts, references, metrics=("rouge",), num_samples=6, max_new_tokens=12, judge=judge,
+                            rubric="helpfulness, correctness", win_rate=True, **settings)  # fmt: skip
 
 
 def test_win_rate_and_scores_over_a_run_and_a_resume(tokenizer, corpus, tmp_path, wandb_offline):
@@ -190,3 +190,21 @@ def test_standalone_evaluate_gets_pointwise_scores(tokenizer, corpus, tmp_path):
     metrics = trainer.evaluate()
     assert 1 <= metrics["eval_judge_score"] <= 10 and "eval_win_rate" not in metrics  # no base outputs without train()
     assert judge.asked == {"score": 6, "pair": 0}
+
+
+def test_judging_in_the_background_thread_lands_at_its_step(tokenizer, corpus, tmp_path):
+    import threading
+
+    threads = set()
+
+    class Where(WordOverlap):
+        def compare_one(self, request):
+            threads.add(threading.current_thread().name)
+            return super().compare_one(request)
+
+    gen = scorer(corpus, Where(), background=True)
+    trainer = lm_trainer(tokenizer, corpus, tmp_path, [gen], max_steps=30, eval_steps=10, report_to="none")
+    trainer.train()
+    entries = [e for e in trainer.state.log_history if "eval_win_rate" in e]
+    assert [e["step"] for e in entries] == [10, 20, 30] and all("eval_loss" in e for e in entries)
+    assert threads and threading.main_thread().name not in threads  # judged off the training thread
