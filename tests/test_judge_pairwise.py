@@ -197,3 +197,26 @@ def test_judges_from_a_config_mapping_never_take_a_key():
         Judge.from_config({"model": "m"})
     with pytest.raises(ConfigurationError, match="colour"):
         Judge.from_config({"backend": "local", "model": "path", "colour": 1})
+
+
+def test_logprob_weighted_rating_from_an_openai_response():
+    """G-Eval: the rating is the probability-weighted mean of the score tokens the server returned at the
+    rating's position, renormalised over them (non-score alternatives ignored)."""
+    from openai.types.chat import ChatCompletionTokenLogprob
+    from openai.types.chat.chat_completion_token_logprob import TopLogprob
+
+    from ft_callbacks.judge.openai_backend import _rating_logprobs, weighted_score
+
+    def token(text, alternatives):
+        tops = [TopLogprob(token=t, logprob=math.log(p), bytes=None) for t, p in alternatives]
+        return ChatCompletionTokenLogprob(token=text, logprob=tops[0].logprob, bytes=None, top_logprobs=tops)
+
+    text = "Fine. Rating: [[7]]"
+    content = [token("Fine.", [("Fine.", 1.0)]), token(" Rating", [(" Rating", 1.0)]), token(":", [(":", 1.0)]),
+               token(" [[", [(" [[", 1.0)]), token("7", [("7", 0.5), ("8", 0.3), ("x", 0.1), ("6", 0.1)]),
+               token("]]", [("]]", 1.0)])]  # fmt: skip
+    alternatives = _rating_logprobs(content, text)
+    value, shares = weighted_score(alternatives)
+    assert value == pytest.approx((7 * 0.5 + 8 * 0.3 + 6 * 0.1) / 0.9)
+    assert shares == pytest.approx({"7": 0.5 / 0.9, "8": 0.3 / 0.9, "6": 0.1 / 0.9})
+    assert weighted_score([("x", 0.0)]) is None

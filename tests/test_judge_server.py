@@ -131,6 +131,16 @@ def test_budget_stops_judging_loudly(server):
     assert "win_rate" not in result.metrics  # 3 of 6 verdicts missing: invalid, not losses
 
 
+def test_cost_budget_from_the_servers_token_counts(server):
+    # One call at a time: with more in flight, those already sent when the cost is reached still finish.
+    judge = openai_judge(server, pointwise=False, price_per_1k_input=1.0, price_per_1k_output=1.0, max_cost=1e-6,
+                         max_concurrency=1)  # fmt: skip
+    verdicts = judge.compare([PairRequest("p", "a", "b"), PairRequest("q", "c", "d")])
+    usage = judge.usage_summary()
+    assert usage["calls"] == 1 and usage["prompt_tokens"] > 0 and usage["cost"] > 1e-6  # the server's counts
+    assert verdicts[0].winner == "A" and verdicts[1].error.startswith("budget: estimated cost")
+
+
 def test_trainer_run_over_http_keeps_the_key_secret(server, tokenizer, corpus, tmp_path, monkeypatch, wandb_offline,
                                                      capsys):  # fmt: skip
     monkeypatch.setenv("FT_TEST_JUDGE_KEY", SECRET)

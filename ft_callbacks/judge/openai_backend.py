@@ -81,7 +81,8 @@ class OpenAIJudge(Judge):
         max_concurrency: calls in flight at once.
         max_calls: calls this judge may make (None: no limit); then judging stops, loudly.
         price_per_1k_input, price_per_1k_output: prices per 1,000 tokens, for the cost estimate.
-        max_cost: the cost at which judging stops (needs the prices).
+        max_cost: the cost at which judging stops (needs the prices). `max_calls` is exact; the cost is known
+            only after a call, so calls already in flight (at most `max_concurrency - 1`) may finish past it.
         max_tokens: the judge's answer length.
         logprobs: ask for token log-probabilities (a probability-weighted rating when returned).
         pointwise, pairwise: which questions this judge answers.
