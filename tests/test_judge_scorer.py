@@ -87,8 +87,8 @@ def test_win_rate_and_scores_over_a_run_and_a_resume(tokenizer, corpus, tmp_path
     # Questions: 6 scores per round (3 rounds) and 2 orders x 6 pairs per trained round; a question asked
     # before (the same texts again) comes from the cache.
     usage = gen._judging.usage
-    assert usage["judge_calls"] + usage["judge_cached"] == 18 + 24
-    assert judge.asked["score"] + judge.asked["pair"] == usage["judge_calls"]
+    assert usage["judge_asked"] + usage["judge_cached"] == 18 + 24
+    assert judge.asked["score"] + judge.asked["pair"] == usage["judge_asked"]
     # The base outputs: saved with a fingerprint, equal to what the model generated at step 0.
     out = tmp_path / "ft_callbacks"
     base = json.loads((out / "base" / "judge_outputs.json").read_text())
@@ -114,7 +114,7 @@ def test_win_rate_and_scores_over_a_run_and_a_resume(tokenizer, corpus, tmp_path
     tables = [r["eval/judge_samples.nrows"] for r in history if "eval/judge_samples.nrows" in r]
     assert tables == [6, 12, 18]  # one growing table: the base's scores at step 0, then each round's pairs
     summary = [r for r in wandb_records(wandb_offline) if r.get("type") == "summary"]
-    assert any("judge_calls" in json.dumps(s) for s in summary)
+    assert any("judge_asked" in json.dumps(s) for s in summary)
 
     # Resume from the step-20 checkpoint with a new judge object: the base outputs are reused (a full
     # fine-tune's weights at step 20 are not the base any more), every question comes from the cache.

@@ -6,6 +6,7 @@ success), a Trainer run whose files never hold the API key, and the server kille
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -166,6 +167,8 @@ def test_trainer_run_over_http_keeps_the_key_secret(server, tokenizer, corpus, t
                 leaked.append(str(path))
     assert not leaked, leaked
     assert SECRET not in repr(judge) and SECRET not in str(judge.identity())
+    usage_file = json.loads((tmp_path / "run" / "ft_callbacks" / "judge" / "usage.json").read_text())
+    assert usage_file["judge_calls"] == usage["calls"] and usage_file["judge_prompt_tokens"] > 0
     assert SECRET not in capsys.readouterr().out
 
 

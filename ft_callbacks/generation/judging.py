@@ -88,7 +88,7 @@ class JudgeOptions:
         self.max_invalid_rate = float(rate)
         self.base_outputs: list[str] | None = None
         self.rows: list[list[Any]] = []
-        self.usage: dict[str, float] = {"judge_calls": 0, "judge_cached": 0}
+        self.usage: dict[str, float] = {"judge_asked": 0, "judge_cached": 0}  # questions sent / answered by the cache
         self._round: JudgeRound | None = None
         self._preflown = False
         self._output_dir = ""
@@ -194,7 +194,7 @@ class JudgeOptions:
                 self.judge.release()
             except Exception as exc:  # releasing memory must never fail a round
                 notice_once("judge:release", f"the judge could not release its memory ({exc}).")
-        self.usage["judge_calls"] += result.calls
+        self.usage["judge_asked"] += result.calls
         self.usage["judge_cached"] += result.cached
         usage = {**self.usage, **{f"judge_{k}": v for k, v in (self.judge.usage_summary() or {}).items()}}
         metrics = {k: v for k, v in result.metrics.items() if not (isinstance(v, float) and math.isnan(v))}
