@@ -8,11 +8,14 @@
 - `ReferenceScorer` (reference_scores.py): text metrics (TextScorer) and label metrics of the texts
   against the references;
 - `ScoringQueue` (scoring_queue.py): a bounded queue of scoring rounds on a daemon thread, drained in
-  order, with timeouts and one line for what is dropped.
+  order, with timeouts and one line for what is dropped;
+- `JudgeOptions` (judging.py): the judge's part of a round: the base model's outputs (kept with a
+  fingerprint), judged rounds on rank 0 through the verdict cache, the samples table and pairs.jsonl.
 
 `GenerationScorer` is the callback over them.
 """
 
+from .judging import PAIRS_FILE_FIELDS, JudgeOptions
 from .prompt_set import PromptSet, model_context
 from .reference_scores import ReferenceScorer
 from .scoring_queue import MAX_QUEUED_ROUNDS, QueuedRound, ScoringQueue
@@ -30,7 +33,9 @@ from .sharded_generate import (
 
 __all__ = [
     "MAX_QUEUED_ROUNDS",
+    "PAIRS_FILE_FIELDS",
     "GenerationFailed",
+    "JudgeOptions",
     "PredictionCapture",
     "PromptSet",
     "QueuedRound",

@@ -29,7 +29,7 @@ from ..judge.rounds import SAMPLE_COLUMNS, JudgeRound
 from ..publish import notice_once
 from ..records import write_record
 
-__all__ = ["JUDGE_FOLDER", "PAIRS_FILE_FIELDS", "JudgeOptions"]
+__all__ = ["JUDGE_FOLDER", "PAIRS_FILE_FIELDS", "JudgeOptions", "write_usage"]
 
 JUDGE_FOLDER = os.path.join("ft_callbacks", "judge")
 # One line per prompt and judged round in pairs.jsonl (the human comparison page reads these).
