@@ -39,6 +39,9 @@ def require_lm_eval() -> Any:
 
     Raises:
         ConfigurationError: lm-evaluation-harness is not installed.
+
+    Example:
+        >>> lm_eval = require_lm_eval()  # doctest: +SKIP
     """
     try:
         import lm_eval

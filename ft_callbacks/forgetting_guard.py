@@ -68,7 +68,19 @@ def general_text_totals(
     model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 8, max_length: int = 512
 ) -> TokenLossTotals:
     """Summed next-token NLL (float32, from logits) and token count of `texts` under `model`, exact and
-    token-weighted like OverfitGuard's; each rank takes every world_size-th text, then the sums are added."""
+    token-weighted like OverfitGuard's; each rank takes every world_size-th text, then the sums are added.
+
+    Args:
+        model: a causal LM returning `logits`.
+        tokenizer: its tokenizer.
+        texts: the general texts.
+        batch_size: texts per forward pass.
+        max_length: tokens per text (capped at the model's positions).
+
+    Example:
+        >>> general_text_totals(model, tokenizer, ["Some general text.", "More of it."]).perplexity  # doctest: +SKIP
+        311.2
+    """
     import torch
 
     config = getattr(model, "config", None)
