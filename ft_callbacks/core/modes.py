@@ -49,7 +49,7 @@ _COMPOUND_MAX = (
 # ("eval_answer_f1" -> f1 -> max; "eval_perplexity_delta" -> perplexity -> min).
 _TOKENS_MIN = frozenset(
     "loss losses nll perplexity ppl error errors err gap ece brier mae mse rmse mape wer cer ter "
-    "forgetting distance latency repetition".split()
+    "forgetting distance latency repetition stderr".split()
 )
 _TOKENS_MAX = frozenset(
     "accuracy acc f1 f1s precision recall rouge1 rouge2 rougel rougelsum rouge bleu chrf bertscore "
