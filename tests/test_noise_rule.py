@@ -303,3 +303,19 @@ def test_a_score_with_per_sample_values_gets_the_noise_test_and_one_without_fall
     # The score's means: 0.488, 0.560 (a new high, within noise: z = 1.6), 0.501, 0.466, 0.500: counting
     # resets at the second evaluation and stops one evaluation later than the noise test.
     assert counting.stop_rule == "plateau" and counting.policy.stop_step == 50
+
+
+def test_resume_keeps_the_best_evaluations_samples_and_stops_where_the_run_did(tokenizer, corpus, tmp_path):
+    settings = {"max_steps": 300, "save_strategy": "steps", "save_steps": 10, "report_to": "none"}
+    first = OverfitGuard(noise_test=True, confirm=2, restore_best_weights=False)
+    lm_trainer(tokenizer, corpus, tmp_path / "a", [first], **settings).train()
+    stop = first.policy.stop_step
+    assert first.stop_rule == "gap" and stop >= 30
+    # A new output directory (no record of the stop there), resumed from the checkpoint before the stop,
+    # without the Trainer's restore_callback_states_from_checkpoint: the paired state comes back with it.
+    resumed = OverfitGuard(noise_test=True, confirm=2, restore_best_weights=False)
+    trainer = lm_trainer(tokenizer, corpus, tmp_path / "b", [resumed], **settings)
+    trainer.train(resume_from_checkpoint=str(tmp_path / "a" / f"checkpoint-{stop - 10}"))
+    assert resumed.policy.stop_step == stop and resumed.stop_rule == "gap"
+    assert resumed.policy.noise_loss.best == pytest.approx(first.policy.noise_loss.best, rel=1e-6)
+    assert resumed.policy.loss_obs.rises == first.policy.loss_obs.rises == 2
