@@ -4,7 +4,8 @@
     trainer = Trainer(..., callbacks=callbacks)
 
 A config has one section per callback (`overfit_guard`, `best_checkpoint`, `generation_scorer`,
-`label_scorer`; a section set to `false`/`null` is off) and an optional `training` section of
+`label_scorer`, `forgetting_guard`; a section set to `false`/`null` is off), `thresholds` (a list of
+`MetricThreshold` settings) and an optional `training` section of
 `TrainingArguments` fields, which `training_arguments_from_config` applies. The keys of a section
 are exactly the callback's constructor arguments, so the code is the single source of truth for
 what a config may say, the way `HfArgumentParser` reads dataclass fields. An unknown or misspelt
@@ -51,12 +52,21 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "overfit_guard": ("ft_callbacks.overfit_guard", "OverfitGuard"),
     "label_scorer": ("ft_callbacks.label_scorer", "LabelScorer"),
     "generation_scorer": ("ft_callbacks.generation_scorer", "GenerationScorer"),
+    "forgetting_guard": ("ft_callbacks.forgetting_guard", "ForgettingGuard"),
+    "thresholds": ("ft_callbacks.thresholds", "MetricThreshold"),
     "best_checkpoint": ("ft_callbacks.best_checkpoint", "BestCheckpointSaver"),
 }
+# Settings that are paths: relative to the config file's folder when written in the file (like prompts_file).
+_PATH_KEYS = {"forgetting_guard": ("include_path",)}
+# Sections that hold a list of settings, one callback each (a run may watch several thresholds).
+_LIST_SECTIONS = {"thresholds"}
 TRAINING_SECTION = "training"
 # Constructor arguments that only code can pass (objects, not config values) and the config keys
 # that stand in for them.
-_CODE_ONLY = {"generation_scorer": {"prompts", "references", "dataset", "generation_config"}}
+_CODE_ONLY = {
+    "generation_scorer": {"prompts", "references", "dataset", "generation_config"},
+    "forgetting_guard": {"general_text"},
+}
 _EXTRA_KEYS = {"generation_scorer": {"prompts_file": "str", "generation": "dict"}}
 # Config keys whose value is a mapping of keyword arguments for something else, and where to read the
 # keys (and types) that something takes: (section, key) -> (its name in messages, allowed keys).
@@ -418,6 +428,9 @@ def validate_config(data: Mapping[str, Any], located: _Located | None = None) ->
             continue
         if body is True:
             body = {}
+        if section in _LIST_SECTIONS:
+            out[section] = _check_list_section(section, body, located)
+            continue
         if not isinstance(body, dict):
             raise ConfigurationError(
                 f"{located.at(section)}: section {section!r} must be a mapping of settings (or false to turn it off), "
@@ -426,7 +439,11 @@ def validate_config(data: Mapping[str, Any], located: _Located | None = None) ->
         if section == TRAINING_SECTION:
             _check_training(body, located)
             continue
-        _check_keys(body, _parameters(section), section, located)
+        params = _parameters(section)
+        if section == "generation_scorer" and isinstance(body.get("metrics"), list):
+            _check_metric_specs(body["metrics"], located)
+            params["metrics"] = list  # each entry checked above: a name or a {task_metric: options} mapping
+        _check_keys(body, params, section, located)
         for (nested_section, key), (target, fields) in _NESTED.items():
             if nested_section == section and isinstance(body.get(key), dict):
                 allowed = fields()
@@ -438,6 +455,39 @@ def validate_config(data: Mapping[str, Any], located: _Located | None = None) ->
                 _check_keys(body[key], allowed, f"{section}.{key}", located, note)
         out[section] = dict(body)
     return out
+
+
+def _check_list_section(section: str, body: Any, located: _Located) -> list[dict[str, Any]]:
+    """A section holding one mapping of settings per callback (a single mapping is a list of one)."""
+    items = [body] if isinstance(body, dict) else body
+    name = _class(section).__name__
+    if not isinstance(items, list) or not items or not all(isinstance(item, dict) for item in items):
+        raise ConfigurationError(
+            f"{located.at(section)}: section {section!r} must be a list of settings, one {name} each, e.g. "
+            f"`{section}: [{{metric: eval_json_valid_rate, below: 0.9}}]` (or false to turn it off); got {body!r}."
+        )
+    params = _parameters(section)
+    for i, item in enumerate(items):
+        _check_keys(item, params, f"{section}[{i}]", located)
+    return [dict(item) for item in items]
+
+
+def _check_metric_specs(specs: list[Any], located: _Located) -> None:
+    """GenerationScorer's `metrics:` entries: names, or task metrics with options as one-key mappings
+    (`{regex: "^\\d+$"}`), each checked the way the scorer will build it (a bad schema or regex fails here)."""
+    from .core.task_metrics import metric_from_spec
+
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, (str, dict)):
+            raise ConfigurationError(
+                f"{located.at('generation_scorer.metrics')}: generation_scorer.metrics[{i}] must be a metric name or a "
+                f"one-key mapping of a task metric to its options, not {spec!r}."
+            )
+        try:
+            metric_from_spec(spec)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{located.at('generation_scorer.metrics')}: [generation_scorer.metrics[{i}]] "
+                                     f"{exc}") from None  # fmt: skip
 
 
 @functools.lru_cache(maxsize=1)
@@ -647,18 +697,35 @@ def callbacks_from_config(
 def _build(
     sections: dict[str, dict[str, Any]], located: _Located, prompts: Any, references: Any, dataset: Any
 ) -> list[TrainerCallback]:
-    callbacks: list[TrainerCallback] = []
+    return [callback for _, _, callback in _built(sections, located, prompts, references, dataset)]
+
+
+def _built(
+    sections: dict[str, Any], located: _Located, prompts: Any, references: Any, dataset: Any
+) -> list[tuple[str, dict[str, Any], TrainerCallback]]:
+    """(section, settings, callback) for every callback the sections describe, in SECTIONS order."""
+    built = []
     for section in SECTIONS:  # fixed order, whatever the file's order
         if section not in sections:
             continue
-        kwargs = dict(sections[section])
-        if section == "generation_scorer":
-            kwargs = _generation_kwargs(kwargs, located, prompts, references, dataset)
-        try:
-            callbacks.append(_class(section)(**kwargs))
-        except ConfigurationError as exc:
-            raise ConfigurationError(f"{located.at(section)}: [{section}] {exc}") from None
-    return callbacks
+        items = sections[section] if section in _LIST_SECTIONS else [sections[section]]
+        for i, settings in enumerate(items):
+            where = f"{section}[{i}]" if section in _LIST_SECTIONS else section
+            kwargs = dict(settings)
+            for key in _PATH_KEYS.get(section, ()):
+                value = kwargs.get(key)
+                if isinstance(value, str):
+                    kwargs[key] = _config_relative(value, f"{section}.{key}", located)
+                elif isinstance(value, list):
+                    kwargs[key] = [_config_relative(v, f"{section}.{key}", located) if isinstance(v, str) else v
+                                   for v in value]  # fmt: skip
+            if section == "generation_scorer":
+                kwargs = _generation_kwargs(kwargs, located, prompts, references, dataset)
+            try:
+                built.append((section, dict(settings), _class(section)(**kwargs)))
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{located.at(section)}: [{where}] {exc}") from None
+    return built
 
 
 def _generation_kwargs(
@@ -679,6 +746,10 @@ def _generation_kwargs(
             f"{located.at('generation_scorer')}: generation_scorer needs prompts: set prompts_file in the config, or "
             "pass prompts=/references= or dataset= to callbacks_from_config."
         )
+    if isinstance(kwargs.get("metrics"), list):
+        from .core.task_metrics import metric_from_spec
+
+        kwargs["metrics"] = [metric_from_spec(spec) for spec in kwargs["metrics"]]
     if generation is not None:
         from transformers import GenerationConfig
 
@@ -690,6 +761,14 @@ def _generation_kwargs(
             dotted = f"generation_scorer.generation.{named[0]}" if named else "generation_scorer.generation"
             raise ConfigurationError(f"{located.at(dotted)}: [generation_scorer.generation] {exc}") from None
     return {**kwargs, "prompts": prompts, "references": references, "dataset": dataset}
+
+
+def _config_relative(value: str, dotted: str, located: _Located) -> str:
+    """A path setting as the file meant it: relative to the config's folder when written in the file."""
+    path = Path(value).expanduser()
+    if path.is_absolute() or located.base is None or dotted in located.overridden:
+        return str(path)
+    return str(located.base / path)
 
 
 def _prompts_path(prompts_file: str, located: _Located) -> Path:
@@ -741,11 +820,9 @@ def check_config(config: str | os.PathLike | Mapping[str, Any], overrides: Seque
     prompts = references = None
     if "generation_scorer" in sections and "prompts_file" not in sections["generation_scorer"]:
         prompts, references = ["(prompt from the script)"], ["(reference from the script)"]
-    callbacks = _build(sections, located, prompts, references, None)
-    enabled = [s for s in SECTIONS if s in sections]
     lines = [
-        f"{type(cb).__name__}({', '.join(f'{k}={v!r}' for k, v in sections[s].items())})"
-        for cb, s in zip(callbacks, enabled, strict=True)
+        f"{type(cb).__name__}({', '.join(f'{k}={v!r}' for k, v in settings.items())})"
+        for _, settings, cb in _built(sections, located, prompts, references, None)
     ]
     if isinstance(data.get(TRAINING_SECTION), dict):
         note = _check_training_arguments(data[TRAINING_SECTION], located)

@@ -111,3 +111,51 @@ def test_cli_check(tmp_path, capsys):
     assert main(["check", str(bad)]) == EXIT_BAD_INPUT
     assert f"{bad}:2" in capsys.readouterr().err
     assert main(["check", "default", "--set", "overfit_guard.patience=0"]) == EXIT_BAD_INPUT
+
+
+def test_next_wave_sections_task_metric_specs_and_thresholds(tmp_path):
+    from ft_callbacks.core.structured import Regex
+    from ft_callbacks.forgetting_guard import ForgettingGuard
+    from ft_callbacks.thresholds import MetricThreshold
+
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a", "reference": "1"}\n')
+    config = tmp_path / "c.yaml"
+    body = """generation_scorer:
+  prompts_file: p.jsonl
+  metrics: [rouge, json_valid, {regex: "^\\\\d+$"}, distinct]
+forgetting_guard:
+  tasks: [my_task]
+  include_path: tasks
+  limit: 20
+thresholds:
+  - {metric: eval_json_valid_rate, below: 0.9, patience: 2}
+  - {metric: eval_loss, above: 10.0, action: warn}
+"""
+    config.write_text(body)
+    callbacks = callbacks_from_config(config)
+    assert [type(c) for c in callbacks] == [GenerationScorer, ForgettingGuard, MetricThreshold, MetricThreshold]
+    scorer, guard, low_json, high_loss = callbacks
+    assert any(isinstance(m, Regex) for m in scorer.metrics)
+    assert [Path(p) for p in guard.include_path] == [tmp_path / "tasks"]  # relative to the config's folder
+    assert (low_json.monitor, low_json.rule.below, low_json.rule.patience) == ("eval_json_valid_rate", 0.9, 2)
+    assert (high_loss.rule.above, high_loss.action) == (10.0, "warn")
+    assert len(check_config(config)) == 4
+    for wrong, match in [
+        ('{regex: "^\\\\d+$"}', None),
+        ('{regex: "(unclosed"}', r"c.yaml:3: \[generation_scorer.metrics\[2\]\] regex '\(unclosed' does not compile"),
+        ("{json_schema: {schema: {type: objekt}}}", r"generation_scorer.metrics\[2\]"),
+        ("[1, 2]", r"generation_scorer.metrics\[2\] must be a metric name"),
+    ]:
+        config.write_text(body.replace('{regex: "^\\\\d+$"}', wrong))
+        if match is None:
+            check_config(config)
+        else:
+            with pytest.raises(ConfigurationError, match=match):
+                check_config(config)
+    config.write_text(body.replace("patience: 2", "patiense: 2"))
+    with pytest.raises(ConfigurationError, match=r"unknown key thresholds\[0\].patiense \(did you mean 'patience'\?\)"):
+        check_config(config)
+    config.write_text("thresholds: eval_loss\n")
+    with pytest.raises(ConfigurationError, match="must be a list of settings, one MetricThreshold each"):
+        check_config(config)
