@@ -181,6 +181,8 @@ def test_bad_judge_options_are_refused_at_construction(corpus):
         GenerationScorer(prompts, references, judge=Gibberish(), win_rate=True, max_invalid_rate=2)
     with pytest.raises(ConfigurationError, match="set win_rate=True"):
         GenerationScorer(prompts, references, judge=Gibberish(), baseline_generations=["x"] * 4)
+    with pytest.raises(ConfigurationError, match="only compares two answers"):
+        GenerationScorer(prompts, references, judge=Gibberish())
 
 
 def test_standalone_evaluate_gets_pointwise_scores(tokenizer, corpus, tmp_path):

@@ -70,6 +70,9 @@ class JudgeOptions:
         if judge is not None and self.rubric and not judge.can_score:
             raise ConfigurationError(f"rubric= needs a judge that scores answers; {type(judge).__name__} has no "
                                      "score_one().")  # fmt: skip
+        if judge is not None and judge.can_compare and not judge.can_score and not win_rate:
+            raise ConfigurationError(f"{type(judge).__name__} only compares two answers, so it has nothing to do "
+                                     "without win_rate=True: set win_rate=True.")  # fmt: skip
         if judge is not None and not (judge.can_score or judge.can_compare):
             raise ConfigurationError(f"{type(judge).__name__} implements neither score_one() nor compare_one().")
         if baseline_generations is not None:
