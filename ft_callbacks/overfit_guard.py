@@ -859,15 +859,13 @@ class OverfitGuard(FtCallback):
         if self.policy.stop_step is None:  # decided by rank 0 on a rank that saw it differently
             self.policy.stop_step, self.policy.stop_rule = state.global_step, decision.rule
             self.policy.stop_reason = decision.reason
-        message = f"OverfitGuard stops training at step {state.global_step} ({decision.rule} rule): {decision.reason}"
         summary = self._summary()
-        if ctx is not None:
-            for name, value in summary.items():
-                ctx.add_summary(name, value)
-            ctx.console.append(f"STOP: {decision.rule} rule")
-            ctx.blocks.append(f"    {message}")  # in the evaluation's own block, after its numbers
-        else:
-            report_event(args, state, summary=summary, message=message)
+        if ctx is not None:  # in the evaluation's own block, after its numbers; with a wandb alert
+            ctx.stop("OverfitGuard", decision.rule, decision.reason, summary)
+        else:  # a training step (NaN, divergence)
+            step, rule = state.global_step, decision.rule
+            message = f"OverfitGuard stops training at step {step} ({rule} rule): {decision.reason}"
+            report_event(args, state, summary=summary, message=message, alert="OverfitGuard stopped training")
         if state.is_world_process_zero:
             self._write_record(args, state)
 

@@ -15,7 +15,7 @@ from ft_callbacks import ConfigurationError, FtCallback, OverfitGuard
 from ft_callbacks._compat import TRANSFORMERS_VERSION
 from ft_callbacks.core.stopping import GapRule
 
-from .helpers import lm_trainer, wandb_history
+from .helpers import lm_trainer, wandb_history, wandb_records
 
 
 def _eval_entries(trainer):
@@ -95,6 +95,10 @@ def test_gap_rule_stops_an_overfitting_run_and_logs_to_the_trainers_wandb_run(
     assert [r["eval/perplexity"] for r in ppl_rows] == pytest.approx([e["eval_perplexity"] for e in evals])
     assert all("eval/loss_gap" in r for r in ppl_rows)
     assert any("eval/loss" in r for r in rows)  # the Trainer's own eval logging went to the same run
+    # The stop also raised a wandb alert with its reason (offline: a record in the run's file).
+    alerts = [r["alert"] for r in wandb_records(wandb_offline) if r.get("type") == "alert"]
+    assert [a["title"] for a in alerts] == ["OverfitGuard stopped training"]
+    assert f"at step {guard.policy.stop_step} (gap rule)" in alerts[0]["text"]
 
 
 class _Reads(FtCallback):
