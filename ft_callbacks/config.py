@@ -64,10 +64,10 @@ TRAINING_SECTION = "training"
 # Constructor arguments that only code can pass (objects, not config values) and the config keys
 # that stand in for them.
 _CODE_ONLY = {
-    "generation_scorer": {"prompts", "references", "dataset", "generation_config"},
+    "generation_scorer": {"prompts", "references", "dataset", "generation_config", "judge", "baseline_generations"},
     "forgetting_guard": {"general_text"},
 }
-_EXTRA_KEYS = {"generation_scorer": {"prompts_file": "str", "generation": "dict"}}
+_EXTRA_KEYS = {"generation_scorer": {"prompts_file": "str", "generation": "dict", "judge": "dict"}}
 # Config keys whose value is a mapping of keyword arguments for something else, and where to read the
 # keys (and types) that something takes: (section, key) -> (its name in messages, allowed keys).
 _NESTED: dict[tuple[str, str], tuple[str, Callable[[], dict[str, Any]]]] = {
@@ -734,6 +734,15 @@ def _generation_kwargs(
     key = "generation_scorer.prompts_file"
     prompts_file = kwargs.pop("prompts_file", None)
     generation = kwargs.pop("generation", None)
+    judge = kwargs.pop("judge", None)
+    if judge is not None:  # {backend: openai|local, model: ..., ...}; an API key only ever from api_key_env
+        from .judge import Judge
+
+        try:
+            kwargs["judge"] = Judge.from_config(judge)
+        except ConfigurationError as exc:
+            where = located.at("generation_scorer.judge")
+            raise ConfigurationError(f"{where}: [generation_scorer.judge] {exc}") from None
     if prompts_file is not None:
         if prompts is not None or dataset is not None:
             raise ConfigurationError(

@@ -159,3 +159,24 @@ thresholds:
     config.write_text("thresholds: eval_loss\n")
     with pytest.raises(ConfigurationError, match="must be a list of settings, one MetricThreshold each"):
         check_config(config)
+
+
+def test_a_judge_from_a_config_never_takes_its_key_from_the_file(tmp_path):
+    from ft_callbacks.judge.openai_backend import OpenAIJudge
+
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a", "reference": "1"}\n')
+    config = tmp_path / "c.yaml"
+    judged = """generation_scorer:
+  prompts_file: p.jsonl
+  win_rate: true
+  judge: {backend: openai, model: judge-model, base_url: "http://127.0.0.1:9/v1", max_calls: 100}
+"""
+    config.write_text(judged)
+    (scorer,) = callbacks_from_config(config)
+    assert isinstance(scorer._judging.judge, OpenAIJudge)
+    config.write_text(judged.replace("max_calls: 100", "api_key: sk-secret"))
+    with pytest.raises(ConfigurationError, match=r"c.yaml:4: \[generation_scorer.judge\] .*api_key_env"):
+        check_config(config)
+    config.write_text(judged.replace("backend: openai", "backend: anthropic"))
+    with pytest.raises(ConfigurationError, match="use 'openai' or 'local'"):
+        check_config(config)
