@@ -179,6 +179,25 @@ def cmd_judge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .human_compare import HUMAN_FOLDER, import_choices, judged_pairs, write_compare_page
+
+    if args.import_file:
+        result = import_choices(args.run_dir, args.import_file)
+        print(f"step {result.step}: human win rate {result.win_rate:.3f} over {result.pairs} pairs "
+              f"({result.wins} wins, {result.losses} losses, {result.ties} ties)")  # fmt: skip
+        if result.judge_pairs:
+            kappa = "undefined" if result.judge_kappa is None else f"{result.judge_kappa:.3f}"
+            print(f"judge agrees on {result.judge_agreement:.3f} of {result.judge_pairs} pairs (Cohen's kappa {kappa})")
+        print(f"saved to {Path(args.run_dir) / 'ft_callbacks' / 'human_eval.json'}; `ft-callbacks report` shows it")
+        return EXIT_OK
+    step, pairs = judged_pairs(args.run_dir, args.step)
+    page, _ = write_compare_page(pairs, args.out_dir or Path(args.run_dir) / HUMAN_FOLDER, step)
+    print(f"wrote {page} ({len(pairs)} pairs, base vs step {step}, sides shuffled). Open it in a browser, choose, "
+          f"save the choices, then: ft-callbacks compare {args.run_dir} --import CHOICES.json")  # fmt: skip
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
@@ -216,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     score.add_argument("file", help="JSON-lines file, one object per line")
     score.add_argument("--metrics", nargs="+", default=["rouge", "bleu", "bertscore"],
-                       help="rouge, bleu, chrf, bertscore, exact_match, or an evaluate metric name "
+                       help="rouge, bleu, chrf, bertscore, exact_match, task metrics without options (json_valid, "
+                       "distinct, self_bleu, repetition, length, empty), or an evaluate metric name "
                        "(default: %(default)s)")
     score.add_argument("--output", "-o", help="JSON output path (default: FILE with .scores.json)")
     score.add_argument("--prediction-field", default="prediction")
@@ -251,6 +271,21 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--cache", help="verdict cache file (default: FILE.judge_cache.sqlite beside FILE)")
     judge.add_argument("--output", "-o", help="JSON output path (default: FILE with .judge.json)")
     judge.set_defaults(func=cmd_judge)
+
+    compare = commands.add_parser(
+        "compare",
+        help="the human check: a blind A/B page of base vs fine-tuned answers, and importing the choices",
+        description="Write one self-contained HTML page of the pairs the judge saw at --step (default: the last "
+        "judged step), each in a random order and labelled only A and B, for a person to choose in a browser; the "
+        "key of which side is which stays beside the page, not in it. --import FILE adds the saved choices: the "
+        "human win rate and the judge-human agreement (Cohen's kappa) go to RUN_DIR/ft_callbacks/human_eval.json "
+        "and the `report`.",
+    )
+    compare.add_argument("run_dir", help="output_dir of a run with GenerationScorer(judge=..., win_rate=True)")
+    compare.add_argument("--step", type=int, help="the judged step to compare (default: the last)")
+    compare.add_argument("--import", dest="import_file", metavar="FILE", help="a choices file saved from the page")
+    compare.add_argument("--out-dir", help="where the page goes (default: RUN_DIR/ft_callbacks/human)")
+    compare.set_defaults(func=cmd_compare)
 
     demo = commands.add_parser(
         "demo",

@@ -129,6 +129,26 @@ def test_win_rate_and_scores_over_a_run_and_a_resume(tokenizer, corpus, tmp_path
     assert [p["step"] for p in pairs_after] == [20] * 6 + [40] * 6  # the step-40 round replaced, not doubled
     assert json.loads((out / "base" / "judge_outputs.json").read_text()) == base
 
+    # The human check on this run (`ft-callbacks compare`): the page shows the step-40 pairs the judge saw;
+    # a person who agrees with the judge everywhere gets its win rate and a kappa of 1.
+    from ft_callbacks.cli import main
+
+    assert main(["compare", str(tmp_path)]) == 0
+    key = json.loads((out / "human" / "compare-step-40.key.json").read_text())
+    page = (out / "human" / "compare-step-40.html").read_text()
+    shown = json.loads(page.split('<script type="application/json" id="data">')[1].split("</script>")[0])
+    judged = [{p["current_output"], p["base_output"]} for p in pairs_after[6:]]
+    assert [{x["a"], x["b"]} for x in shown["pairs"]] == judged
+    to_side = {"tie": lambda k: "tie", "current": lambda k: "A" if k["a"] == "current" else "B",
+               "base": lambda k: "A" if k["a"] == "base" else "B"}  # fmt: skip
+    choices = {f"p{i}": to_side[p["final_verdict"]](key["pairs"][f"p{i}"]) for i, p in enumerate(pairs_after[6:])}
+    chosen = tmp_path / "choices.json"
+    chosen.write_text(json.dumps({"page": key["page"], "step": 40, "choices": choices}))
+    assert main(["compare", str(tmp_path), "--import", str(chosen)]) == 0
+    human = json.loads((out / "human_eval.json").read_text())[0]
+    assert human["win_rate"] == pytest.approx(rounds[40]["eval_win_rate"])
+    assert human["judge_agreement"] == 1.0 and human["judge_pairs"] == 6
+
 
 def test_other_settings_after_resume_mean_no_win_rate_not_a_base_from_trained_weights(tokenizer, corpus, tmp_path,
                                                                                       capsys):  # fmt: skip
