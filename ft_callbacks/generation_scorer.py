@@ -26,6 +26,8 @@ from transformers import GenerationConfig
 from ._compat import processing_class, unwrap_model
 from .base import ConfigurationError, FtCallback, _Hub, require_evaluations
 from .core.modes import normalize_metric_name
+from .core.slices import DEFAULT_MIN_SLICE_SIZE, SliceReport, format_slices, slice_keys, slice_means, slice_metrics
+from .core.task_metrics import TASK_METRIC_KEYS
 from .distributed import broadcast_from_main, is_distributed
 from .engines import find_trainer
 from .generation.judging import JudgeOptions, write_usage
@@ -155,7 +157,16 @@ class GenerationScorer(FtCallback):
         win_rate: bool = False,
         baseline_generations: Sequence[str] | None = None,
         max_invalid_rate: float = 0.2,
+        slice_by: str | Callable[[Any], Any] | None = None,
+        min_slice_size: int = DEFAULT_MIN_SLICE_SIZE,
     ) -> None:
+        if slice_by is not None and not (isinstance(slice_by, str) and slice_by) and not callable(slice_by):
+            raise ConfigurationError(
+                f"slice_by={slice_by!r} is not valid: give a column of dataset= (e.g. 'source') or a function "
+                "example -> slice name (with prompts= lists the example is {'prompt': ..., 'reference': ...})."
+            )
+        if isinstance(min_slice_size, bool) or not isinstance(min_slice_size, int) or min_slice_size < 1:
+            raise ConfigurationError(f"min_slice_size={min_slice_size!r} is not valid: use a positive sample count.")
         if not (isinstance(background, bool) or (isinstance(background, str) and background == "auto")):
             raise ConfigurationError(
                 f"background={background!r} is not valid: use True (score in a thread), False (score at the "
@@ -202,6 +213,14 @@ class GenerationScorer(FtCallback):
         self._lock = threading.Lock()
         self._sync = background is False
         self._signatures: dict[str, str] = {}
+        self.slice_by = slice_by
+        self.min_slice_size = min_slice_size
+        self.slice_names: list[str] | None = None  # one slice name per sampled prompt (known once prepared)
+        self.last_slices: SliceReport | None = None
+        self.last_truncated: list[bool | None] = []  # per prompt of the latest generation: stopped at the limit
+        self._last_samples: dict[str, Any] | None = None  # the latest round's step and per-sample scores
+        if isinstance(slice_by, str):
+            self._check_slice_column()
 
     # Options kept by the pieces that use them: the scoring's, the prompts', the generation's, the queue's.
     metrics = property(lambda self: self._scoring.metrics)
@@ -229,7 +248,10 @@ class GenerationScorer(FtCallback):
     console_label = "generation"
     exclusive_metrics = ("bertscore_precision", "bertscore_recall", "bertscore_f1", "chrf", "judge_score",
                          "win_rate", "win_rate_lc", "tie_rate", "win_rate_ci_low", "win_rate_ci_high",
-                         "judge_flip_rate", "judge_invalid_rate", "length_ratio")
+                         "judge_flip_rate", "judge_invalid_rate", "length_ratio",
+                         # the task metrics' keys (pass@k: the common k; produces() names the ones asked for)
+                         *dict.fromkeys(k for keys in TASK_METRIC_KEYS.values() for k in keys),
+                         "pass@5", "pass@10")
     shared_metrics = ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "exact_match")
     deltas = True
     add_hint = "GenerationScorer(prompts=..., references=...)"
@@ -356,6 +378,132 @@ class GenerationScorer(FtCallback):
         new_tokens = int(self._settings(base).max_new_tokens or 0)  # 0 when only a total max_length bounds it
         self._prompts.prepare(tokenizer, self.decoder_only, model_context(base.config, tokenizer), new_tokens)
         self._scoring.set_references(self._references)
+        if self.slice_by is not None:
+            self.slice_names = self._slice_values()
+
+    # -- slices ----------------------------------------------------------------------------------
+    def _check_slice_column(self) -> None:
+        """A `slice_by` column must be one of `dataset=` (or a key of every prompt example)."""
+        if self.dataset is not None:
+            columns = list(getattr(self.dataset, "column_names", None) or [])
+            if self.slice_by not in columns:
+                raise ConfigurationError(
+                    f"GenerationScorer(slice_by={self.slice_by!r}): the dataset has no such column (it has "
+                    f"{columns}); name one of them, or pass a function example -> slice name."
+                )
+        elif self.slice_by not in (self.prompt_column, self.reference_column):
+            raise ConfigurationError(
+                f"GenerationScorer(slice_by={self.slice_by!r}) with prompts= lists: each example has only "
+                f"{[self.prompt_column, self.reference_column]}. Pass dataset= with a {self.slice_by!r} column, or "
+                "a function example -> slice name."
+            )
+
+    def _examples(self) -> list[Any]:
+        """Every example in the order `PromptSet.load` reads them (before sampling): the dataset's rows
+        (a tokenised causal-LM row without a prompt part is skipped there, so here too), or
+        `{prompt_column: prompt, reference_column: reference}` for prompts= lists."""
+        if self.dataset is None:
+            references = list(self._raw_references or [None] * len(self._raw_prompts or []))
+            return [{self.prompt_column: p, self.reference_column: r}
+                    for p, r in zip(self._raw_prompts or [], references, strict=True)]  # fmt: skip
+        rows = [self.dataset[i] for i in range(len(self.dataset))]
+        columns = list(getattr(self.dataset, "column_names", None) or (rows[0].keys() if rows else []))
+        text = self.prompt_column in columns and self.reference_column in columns
+        if not text and self.decoder_only:
+            rows = [r for r in rows if next((i for i, lab in enumerate(r["labels"]) if lab != -100), None)]
+        return rows
+
+    def _slice_values(self) -> list[str]:
+        """One slice name per sampled prompt, in prompt order."""
+        examples = self._prompts.sample(self._examples())[1]
+        if isinstance(self.slice_by, str):
+            return [str(e[self.slice_by]) for e in examples]
+        return [str(self.slice_by(e)) for e in examples]  # type: ignore[misc, operator]
+
+    def _slices(self, step: int, prefix: str, texts: list[str], result: dict[str, Any]) -> dict[str, Any] | None:
+        """The round's scores per slice: sentence-level scores averaged within each slice (`slice_means`),
+        corpus-level ones (BLEU, chrF, task metrics) recomputed on each slice's texts (`slice_metrics`)."""
+        names = self.slice_names
+        if names is None or len(names) != len(texts):
+            return None
+        corpus: dict[str, float] = result["corpus"]
+        per_sample = {k: v for k, v in result["per_sample"].items()
+                      if all(isinstance(x, (int, float)) for x in v)}  # fmt: skip
+        # A corpus value that is the mean of its per-sample values is averaged; the others are recomputed.
+        averaged = {k: per_sample[src] for k in corpus if (src := _per_sample_key(k, corpus, per_sample))}
+        recomputed = [k for k in corpus if k not in averaged]
+        report = slice_means(averaged, names, self.min_slice_size)
+        scorer = self._slice_scorer() if recomputed else None
+        if scorer is not None:
+            truncated = [bool(f) for f in self.last_truncated] if None not in self.last_truncated else None
+            texts_ = list(texts)
+
+            def compute(index: Any) -> dict[str, float]:
+                idx = [int(i) for i in index]
+                scores = scorer.score(
+                    [texts_[i] for i in idx], indices=idx,
+                    truncated=None if truncated is None else [truncated[i] for i in idx],
+                )  # fmt: skip
+                return {k: v for k, v in scores.corpus.items() if k in recomputed}
+
+            extra = slice_metrics(names, compute, self.min_slice_size)
+            for mean_part, corpus_part in zip(report.slices, extra.slices, strict=True):
+                mean_part.values.update(corpus_part.values)
+                mean_part.notes.extend(corpus_part.notes)
+        self.last_slices = report
+        keys = dict(zip(report.names, slice_keys(report.names), strict=True))
+        values: dict[str, float] = {}
+        for part in report.slices:
+            values[f"slice_{keys[part.name]}_count"] = float(part.count)
+            for metric, value in part.values.items():
+                values[f"slice_{keys[part.name]}_{metric}"] = value
+        headline = next((m for m in (*_RANKING_SCORES, "bleu", "judge_score", *corpus) if m in corpus), None)
+        summary: dict[str, Any] = {}
+        block = ""
+        if headline is not None:
+            worst = report.worst(headline)
+            if worst is not None:
+                summary[f"worst_slice/{prefix}_{headline}"] = worst.name
+            block = format_slices(report, headline, self.slice_by, step)
+        columns, data = report.rows()
+        media = {f"{prefix}/slices": lambda wandb: wandb.Table(columns=columns, data=data)}
+        return {"values": values, "summary": summary, "media": media, "block": block}
+
+    def _slice_scorer(self) -> Any:
+        """A text scorer of the metrics that are not per-sample means (BLEU, chrF, task metrics, callables),
+        for recomputing them on each slice without running ROUGE or the BERT model again."""
+        from .core.text_scores import TextScorer
+
+        main = self._scoring.text_scorer
+        if main is None:
+            return None
+        averaged = ("rouge", "bertscore", "exact_match")
+        metrics = [m for m in main.metrics if not (isinstance(m, str) and m in averaged)]
+        cached = getattr(self, "_slice_text_scorer", None)
+        if cached is None or cached[0] is not main:
+            options = {k: v for k, v in self.scorer_options.items() if not k.startswith("bertscore") and k != "device"}
+            cached = (main, TextScorer(metrics, references=list(self._references), **options) if metrics else None)
+            self._slice_text_scorer = cached
+        return cached[1]
+
+    # -- per-sample values (OverfitGuard's noise test) ------------------------------------------------
+    def per_sample_values(self, metric: str, step: int) -> tuple[list[float], None] | None:
+        """The latest round's per-sample values of `metric` (`eval_rougeL`, ...) when that round is of `step`
+        and `metric` is the mean of them (ROUGE, BERTScore, exact match, a task metric's rate), as
+        `(values, None)` (equal weights); else None (BLEU and chrF are corpus-level, not means).
+
+        Example:
+            >>> scorer.per_sample_values("eval_rougeL", trainer.state.global_step)
+            ([0.25, 0.5, ...], None)
+        """
+        with self._lock:
+            last = self._last_samples
+        if last is None or last["step"] != step or not metric.startswith(f"{last['prefix']}_"):
+            return None
+        name = metric[len(last["prefix"]) + 1 :]
+        per_sample = last["per_sample"]
+        key = _per_sample_key(name, last["corpus"], per_sample)
+        return None if key is None else ([float(x) for x in per_sample[key]], None)
 
     # -- generation ------------------------------------------------------------------------------
     def _settings(self, base: Any) -> GenerationConfig:
@@ -371,24 +519,34 @@ class GenerationScorer(FtCallback):
         same on every rank), by prompt index; only the others are generated."""
         assert self._prompt_ids is not None
 
-        def this_rank(indices: list[int], keep: int) -> dict[int, str]:
+        def this_rank(indices: list[int], keep: int) -> dict[int, tuple[str, bool]]:
             return self._generate_indices(model, tokenizer, indices, keep, args, show_progress)
 
-        return generate_sharded(len(self._prompt_ids), this_rank, known)
+        # Each text travels with its truncated flag, so both are gathered in the same (prompt) order.
+        known_pairs = {i: (text, None) for i, text in (known or {}).items()}
+        pairs = generate_sharded(len(self._prompt_ids), this_rank, known_pairs)
+        self.last_truncated = [None if p is None else p[1] for p in pairs]
+        return [None if p is None else p[0] for p in pairs]
 
     def _generate_indices(
         self, model: Any, tokenizer: Any, indices: list[int], keep: int, args: Any, show_progress: bool
-    ) -> dict[int, str]:
-        """This rank's texts of the first `keep` of `indices` (the rest only even out the calls across ranks)."""
+    ) -> dict[int, tuple[str, bool]]:
+        """This rank's texts (and truncated flags) of the first `keep` of `indices` (the rest only even out
+        the calls across ranks)."""
         show_progress = show_progress and not getattr(args, "disable_tqdm", False)
-        texts = self._generator.generate(model, tokenizer, [self._prompt_ids[i] for i in indices], show_progress)
-        return {indices[k]: texts[k] for k in range(keep)}
+        flags: list[bool] = []
+        texts = self._generator.generate(model, tokenizer, [self._prompt_ids[i] for i in indices], show_progress,
+                                         truncated=flags)  # fmt: skip
+        return {indices[k]: (texts[k], flags[k]) for k in range(keep)}
 
     # -- scoring ---------------------------------------------------------------------------------
-    def score(self, generations: list[str], stop: threading.Event | None = None) -> dict[str, Any]:
+    def score(
+        self, generations: list[str], stop: threading.Event | None = None, truncated: Sequence[bool] | None = None
+    ) -> dict[str, Any]:
         """Scores of one round (rank 0's work): corpus values, per-sample values, signatures. `stop`: once
-        set, the text scorer gives up at its next batch (a background round that was dropped)."""
-        return self._scoring.score(generations, stop=stop)
+        set, the text scorer gives up at its next batch (a background round that was dropped). `truncated`:
+        per text, whether its generation stopped at the token limit (for `truncated_rate`)."""
+        return self._scoring.score(generations, stop=stop, truncated=truncated)
 
     def _run_round(
         self, args: Any, state: Any, model: Any, tokenizer: Any, ctx: EvaluationContext | None, wait: bool,
@@ -396,6 +554,8 @@ class GenerationScorer(FtCallback):
     ) -> None:
         step = int(state.global_step)
         prefix = ctx.prefix if ctx is not None else "eval"
+        if self._scoring.needs_truncated:
+            known = None  # texts generated elsewhere carry no truncated flag: generate them all here
         started = time.perf_counter()
         try:
             generations = self.generate(model, tokenizer, args, known=known)
@@ -406,6 +566,8 @@ class GenerationScorer(FtCallback):
         # The baseline round may reuse the base outputs the judge generated: not the Seq2SeqTrainer's texts.
         self.reused_last_round = 0 if is_baseline else len(known or {})
         texts = [g or "" for g in generations]
+        flags = list(self.last_truncated)
+        truncated = None if any(f is None for f in flags) else [bool(f) for f in flags]
         if not state.is_world_process_zero:
             if wait:  # rank 0 scores and broadcasts; take part so every rank sees the same numbers
                 self._apply(args, state, step, prefix, broadcast_from_main(None), texts, ctx, is_baseline)
@@ -413,22 +575,22 @@ class GenerationScorer(FtCallback):
         if wait:
             try:
                 result = self._score_timed(texts, generated_s, self.reused_last_round, step=step,
-                                           is_baseline=is_baseline)
+                                           is_baseline=is_baseline, truncated=truncated)
             except Exception as exc:
                 result = {"error": f"{type(exc).__name__}: {exc}"}
             result = broadcast_from_main(result)
             self._apply(args, state, step, prefix, result, texts, ctx, is_baseline)
             return
         job = functools.partial(self._score_timed, texts, generated_s, self.reused_last_round, step=step,
-                                is_baseline=is_baseline)
+                                is_baseline=is_baseline, truncated=truncated)
         self._queue.submit(step, job, (prefix, texts, is_baseline), self._late_result(args, state))
 
     def _score_timed(
         self, texts: list[str], generated_s: float, reused: int, stop: threading.Event | None = None,
-        step: int = 0, is_baseline: bool = False,
+        step: int = 0, is_baseline: bool = False, truncated: Sequence[bool] | None = None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        result = self.score(texts, stop=stop)
+        result = self.score(texts, stop=stop, truncated=truncated)
         scored = time.perf_counter()
         result["seconds"] = {"generation": generated_s, "scoring": scored - started}
         if self._judging.active:  # rank 0 only: this runs where the scoring runs
@@ -476,6 +638,9 @@ class GenerationScorer(FtCallback):
                 if name in self.baseline_scores:
                     values[f"{name}_delta"] = value - self.baseline_scores[name]
         self.history.append({"step": step, **corpus})
+        with self._lock:
+            self._last_samples = {"step": step, "prefix": prefix, "corpus": dict(corpus),
+                                  "per_sample": result["per_sample"]}  # fmt: skip
         rows = self._table_rows(step, texts, result["per_sample"])
         with self._lock:
             self.table_rows.extend(rows)
@@ -497,6 +662,11 @@ class GenerationScorer(FtCallback):
             if state.is_world_process_zero:
                 self._judging.save_pairs(args.output_dir, judged["records"])
                 write_usage(args.output_dir, judged["usage"])
+        sliced = self._slices(step, prefix, texts, result) if self.slice_names is not None else None
+        if sliced is not None:
+            values.update(sliced["values"])
+            summary.update(sliced["summary"])
+            media.update(sliced["media"])
         seconds = result.get("seconds", {})
         note = f"generated in {seconds.get('generation', 0):.1f}s" if seconds else ""
         if "judge" in seconds:
@@ -506,16 +676,21 @@ class GenerationScorer(FtCallback):
         if ctx is not None and ctx.step == step:
             for name, value in values.items():
                 # The console block shows the headline scores; every score is logged everywhere else.
-                ctx.add(name, value, show=name.removesuffix("_delta") not in _CONSOLE_QUIET)
+                ctx.add(name, value, show=name.removesuffix("_delta") not in _CONSOLE_QUIET
+                        and not name.startswith("slice_"))
             for name, value in summary.items():
                 ctx.add_summary(name, value)
             for name, build in media.items():
                 ctx.add_media(name, build)
             if note:
                 ctx.console.append(note)
+            if sliced is not None and sliced["block"] and ctx.is_main:
+                ctx.blocks.append(sliced["block"])
             for warning in warnings:
                 ctx.warn("GenerationScorer judge", warning)
         else:
+            if sliced is not None and sliced["block"]:
+                note = (note + "\n" if note else "") + sliced["block"]
             self._publish(args, state, step, prefix, values, summary, media, is_baseline, note, warnings)
         if state.is_world_process_zero:
             self._write_record(args)
@@ -553,7 +728,8 @@ class GenerationScorer(FtCallback):
             (e for e in reversed(state.log_history) if e.get("step") == step and f"{prefix}_runtime" in e), None
         )
         label = "baseline (before training)" if is_baseline else "generation scores"
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if not k.endswith("_delta"))
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items()
+                          if not k.endswith("_delta") and not k.startswith("slice_"))
         line = f"[ft_callbacks] step {step} | {label}: {shown}" + (f" | {note}" if note else "")
         lines = [line] + [f"[ft_callbacks] step {step} | WARNING GenerationScorer judge: {w}" for w in warnings]
         publish(
@@ -595,6 +771,19 @@ class GenerationScorer(FtCallback):
         if state.is_world_process_zero and (self.history or self.baseline_scores):
             self._write_record(args)
         super().on_train_end(args, state, control, **kwargs)
+
+
+def _per_sample_key(name: str, corpus: dict[str, float], per_sample: dict[str, list[Any]]) -> str | None:
+    """The per-sample scores whose mean is the corpus value `name` (`rougeL` -> `rougeL`, `json_valid_rate` ->
+    `json_valid`), or None (BLEU, chrF: corpus-level statistics, not means)."""
+    for key in (name, name.removesuffix("_rate")):
+        values = per_sample.get(key)
+        if not values or name not in corpus or not all(isinstance(x, (int, float)) for x in values):
+            continue
+        mean = sum(float(x) for x in values) / len(values)
+        if abs(mean - corpus[name]) <= 1e-9 * max(1.0, abs(corpus[name])):
+            return key
+    return None
 
 
 # Re-exported: names that lived here before the generation pieces were split out.

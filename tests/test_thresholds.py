@@ -67,27 +67,30 @@ def prompts_of(corpus: list[str], count: int = 8) -> list[str]:
 
 def test_a_threshold_on_a_task_metric_stops_a_real_run(tokenizer, corpus, tmp_path, wandb_offline, capsys, caplog):
     prompts = prompts_of(corpus)
+    # A plain run: GenerationScorer declares the task metric keys, so the threshold passes the check before
+    # step 1, and scores synchronously because a threshold watches one of them.
     scorer = GenerationScorer(prompts, ["-"] * len(prompts), metrics=("json_valid", "distinct", Regex(r"\S+.*")),
-                              max_new_tokens=12, background=False)  # fmt: skip
+                              max_new_tokens=12)  # fmt: skip
     # Untrained and barely trained tiny models write no JSON: json_valid_rate stays 0 < 0.9.
     threshold = MetricThreshold("eval_json_valid_rate", below=0.9, patience=2)
     trainer = lm_trainer(tokenizer, corpus, tmp_path, [scorer, threshold], max_steps=100, eval_steps=10,
-                         eval_on_start=True, report_to="wandb")  # fmt: skip
+                         report_to="wandb")  # fmt: skip
     trainer.train()
-    # Evaluations at steps 0 and 10 breach: the second one stops training.
-    assert trainer.state.global_step == 10
-    assert threshold.stopped and threshold.stop_step == 10
+    # Evaluations at steps 10 and 20 breach: the second one stops training.
+    assert scorer._sync
+    assert trainer.state.global_step == 20
+    assert threshold.stopped and threshold.stop_step == 20
     reason = "eval_json_valid_rate 0 < 0.9 for 2 evaluations in a row"
     assert threshold.stop_reason == reason
     evals = [e for e in trainer.state.log_history if "eval_loss" in e]
     assert [e["eval_json_valid_rate"] for e in evals] == [0.0, 0.0]
     assert all("eval_distinct_1_delta" in e for e in evals)  # deltas against the step-0 baseline
     facts = next(e for e in trainer.state.log_history if "ft_callbacks/early_stop_reason" in e)
-    assert facts["ft_callbacks/early_stop_step"] == 10 and facts["ft_callbacks/early_stop_rule"] == "threshold"
+    assert facts["ft_callbacks/early_stop_step"] == 20 and facts["ft_callbacks/early_stop_rule"] == "threshold"
     assert facts["ft_callbacks/early_stop_reason"] == reason
     out = capsys.readouterr().out + caplog.text
     assert "STOP: threshold rule" in out
-    assert f"MetricThreshold stops training at step 10 (threshold rule): {reason}" in out
+    assert f"MetricThreshold stops training at step 20 (threshold rule): {reason}" in out
     import wandb
 
     wandb.finish()

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..core.errors import ConfigurationError
 from ..core.label_metrics import compute_label_metrics, match_label_texts
+from ..core.task_metrics import canonical_name, metric_from_spec, task_metric_keys
 from ..core.text_scores import KNOWN_METRICS, TextScorer
 from .prompt_set import list_of
 
@@ -49,9 +50,11 @@ class ReferenceScorer:
     """Scores of generated texts against their references: corpus values, per-sample values, signatures.
 
     Args:
-        metrics: any of "rouge", "bleu", "chrf", "bertscore", "exact_match", a name `evaluate.load`
-            accepts, or a callable `(predictions, references) -> dict`; one name alone is one metric.
-            May be empty when `label_names` is given.
+        metrics: any of "rouge", "bleu", "chrf", "bertscore", "exact_match"; a task metric (a name such as
+            "json_valid", "distinct", "truncated", an object such as `Regex(...)`, or a mapping in the config
+            form `{"regex": "^\\d+$"}`, see `metric_from_spec`); a name `evaluate.load` accepts, or a callable
+            `(predictions, references) -> dict`; one name alone is one metric. May be empty when
+            `label_names` is given.
         label_names: generative classification: references are label names; generations are matched
             to them and scored with accuracy/precision/recall/F1 and `invalid_rate`.
         positive_label: the positive class of binary label metrics.
@@ -86,12 +89,18 @@ class ReferenceScorer:
             raise ConfigurationError("label_names is empty: give the label names the model should answer with.")
         if label_names is None and not metrics:
             raise ConfigurationError("metrics is empty: name at least one, e.g. ('rouge', 'bleu').")
+        # A task metric written as a config would write it ({"regex": "^\\d+$"}) becomes its object here;
+        # a name that needs options ("regex" alone) is refused now, not at the first round.
+        metrics = [metric_from_spec(m) if isinstance(m, Mapping) else m for m in metrics]
         for metric in metrics:
             if not (callable(metric) or isinstance(metric, str)):
                 raise ConfigurationError(
-                    f"metrics entry {metric!r} is not valid. Built in: {list(KNOWN_METRICS)}; also accepted: a name "
-                    "or path that evaluate.load() accepts, or a callable (predictions, references) -> dict."
+                    f"metrics entry {metric!r} is not valid. Built in: {list(KNOWN_METRICS)}; also accepted: a task "
+                    "metric (json_valid, distinct, {'regex': ...}, ...), a name or path that evaluate.load() accepts, "
+                    "or a callable (predictions, references) -> dict."
                 )
+            if isinstance(metric, str) and canonical_name(metric) not in (None, "toxicity"):
+                metric_from_spec(metric)  # raises for a task metric that needs options (cheap otherwise)
         self.metrics: list[str | Callable] = metrics
         self.label_names = [str(n) for n in label_names] if label_names is not None else None
         self.positive_label = positive_label
@@ -105,6 +114,8 @@ class ReferenceScorer:
         for metric in self.metrics:
             if isinstance(metric, str):
                 names.update(METRIC_KEYS.get(metric, ()))
+        if self.label_names is None:  # task metrics are scored by the text scorer, which label_names replaces
+            names.update(task_metric_keys(self.metrics))
         if self.label_names is not None:
             names.update(LABEL_KEYS)
         return names
@@ -139,7 +150,8 @@ class ReferenceScorer:
         if self.text_scorer is not None:
             self.text_scorer.load_metrics()
         elif self.metrics and self.label_names is None:
-            names = [m for m in self.metrics if isinstance(m, str) and m not in KNOWN_METRICS]
+            names = [m for m in self.metrics
+                     if isinstance(m, str) and m not in KNOWN_METRICS and canonical_name(m) is None]
             if names:
                 TextScorer(names).load_metrics()
 
@@ -149,16 +161,26 @@ class ReferenceScorer:
         between batches when asked)."""
         return getattr(self.text_scorer, "_bert", None) is not None
 
-    def score(self, generations: list[str], stop: threading.Event | None = None) -> dict[str, Any]:
+    @property
+    def needs_truncated(self) -> bool:
+        """Whether a metric needs each text's truncated flag (`truncated_rate`)."""
+        return "truncated_rate" in self.produces()
+
+    def score(
+        self, generations: list[str], stop: threading.Event | None = None, truncated: Sequence[bool] | None = None
+    ) -> dict[str, Any]:
         """`{"corpus": {name: value}, "per_sample": {name: [value per text]}, "signatures": {name: str}}`.
-        `stop`: once set, the text scorer gives up at its next metric or batch (`ScoringCancelled`)."""
+        Task metrics' details (why a sample failed: `json_schema_error`, ...) join `per_sample` as strings.
+        `stop`: once set, the text scorer gives up at its next metric or batch (`ScoringCancelled`).
+        `truncated`: per text, whether its generation stopped at the token limit (for `truncated_rate`)."""
         corpus: dict[str, float] = {}
         per_sample: dict[str, list[Any]] = {}
         signatures: dict[str, str] = {}
         if self.text_scorer is not None:
-            scores = self.text_scorer.score(generations, stop=stop)
+            scores = self.text_scorer.score(generations, stop=stop, truncated=truncated)
             corpus.update({k: float(v) for k, v in scores.corpus.items()})
             per_sample.update({k: [float(x) for x in v] for k, v in scores.per_sample.items()})
+            per_sample.update({k: [str(x) for x in v] for k, v in scores.details.items()})
             signatures.update(scores.signatures)
         if self.label_names is not None:
             names = self.label_names

@@ -49,6 +49,7 @@ __all__ = [
     "model_generation_config",
     "pad_batch",
     "trainer_generation_config",
+    "truncated_flags",
 ]
 
 
@@ -89,14 +90,15 @@ def check_can_generate(model: Any, tokenizer: Any, owner: str = "GenerationScore
 # -- across ranks ------------------------------------------------------------------------------------
 def generate_sharded(
     count: int,
-    generate_indices: Callable[[list[int], int], dict[int, str]],
-    known: Mapping[int, str] | None = None,
-) -> list[str | None]:
+    generate_indices: Callable[[list[int], int], dict[int, Any]],
+    known: Mapping[int, Any] | None = None,
+) -> list[Any]:
     """The texts of all `count` prompts, on every rank, each rank generating a share.
 
     Args:
         count: how many prompts there are (indices 0..count-1).
-        generate_indices: `(indices, keep) -> {index: text}` for this rank's share; the first `keep`
+        generate_indices: `(indices, keep) -> {index: text}` for this rank's share (the values may be any
+            picklable object, e.g. `(text, truncated)`; they come back in prompt order); the first `keep`
             indices are its own, the rest repeat one of them so every rank makes the same number of
             calls (collective generation, ZeRO-3 or FSDP, hangs otherwise) and are not returned.
         known: texts already generated (the same on every rank), by prompt index; only the others are
@@ -118,7 +120,7 @@ def generate_sharded(
     per_rank = math.ceil(len(todo) / size)
     padded = mine + [mine[0] if mine else (todo[0] if todo else 0)] * (per_rank - len(mine))
     error: str | None = None
-    texts: dict[int, str] = {}
+    texts: dict[int, Any] = {}
     try:
         if padded:
             texts = generate_indices(padded, len(mine))
@@ -128,7 +130,7 @@ def generate_sharded(
     errors = [e for _, e in gathered if e]
     if errors:
         raise GenerationFailed(errors[0])
-    out: list[str | None] = [None] * count
+    out: list[Any] = [None] * count
     for i, text in known.items():
         out[int(i)] = text
     for shard, _ in gathered:
@@ -153,6 +155,53 @@ def pad_batch(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Ten
     return ids, mask
 
 
+def truncated_flags(
+    new_tokens: torch.Tensor, limit: int | None, eos_ids: Sequence[int], pad_id: int | None
+) -> list[bool]:
+    """Per generated row, whether generation stopped at the token limit rather than at an end of sequence.
+
+    A row is truncated when its generated token count (trailing padding removed) equals `limit` (the
+    new-token budget) and its last token is not an EOS id. Written by hand: `generate()` does not say why
+    a row stopped.
+
+    Args:
+        new_tokens: the generated tokens only (no prompt, no decoder start token), one row per prompt.
+        limit: the new-token budget (`max_new_tokens`, or what `max_length` leaves); None: never truncated.
+        eos_ids: the end-of-sequence ids.
+        pad_id: the id rows that finished early are padded with (when it is an EOS id, a finished row ends
+            with EOS anyway).
+
+    Example:
+        >>> truncated_flags(torch.tensor([[5, 6, 7], [5, 2, 0]]), 3, eos_ids=[2], pad_id=0)
+        [True, False]
+    """
+    eos = {int(e) for e in eos_ids}
+    flags = []
+    for row in new_tokens.tolist():
+        if pad_id is not None and int(pad_id) not in eos:
+            while row and row[-1] == pad_id:
+                row = row[:-1]
+        flags.append(limit is not None and len(row) >= limit and bool(row) and row[-1] not in eos)
+    return flags
+
+
+def _token_limit(config: GenerationConfig, prompt_width: int, decoder_only: bool) -> int | None:
+    """The new-token budget of one `generate` call: `max_new_tokens`, else what `max_length` leaves."""
+    if config.max_new_tokens is not None:
+        return int(config.max_new_tokens)
+    if config.max_length is None:
+        return None
+    # Decoder-only: max_length counts the (padded) prompt; encoder-decoder: the decoder start token.
+    return int(config.max_length) - (prompt_width if decoder_only else 1)
+
+
+def _eos_ids(config: GenerationConfig) -> list[int]:
+    eos = config.eos_token_id
+    if eos is None:
+        return []
+    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+
+
 def generate_batched(
     model: Any,
     tokenizer: Any,
@@ -164,6 +213,7 @@ def generate_batched(
     trainer: Any = None,
     show_progress: bool = False,
     description: str = "generating",
+    truncated: list[bool] | None = None,
 ) -> list[str]:
     """The generated text of each prompt (stripped; the prompt itself left out), in prompt order.
 
@@ -178,6 +228,8 @@ def generate_batched(
             and gathers FSDP1's flat parameters around generation.
         show_progress: a progress bar on rank 0.
         description: the progress bar's label.
+        truncated: a list to fill with one flag per prompt (prompt order): whether its generation stopped
+            at the token limit rather than at EOS (see `truncated_flags`).
 
     Example:
         >>> config = model_generation_config(generation_settings(max_new_tokens=16), model, tokenizer)
@@ -202,6 +254,8 @@ def generate_batched(
     was_training = gen_model.training
     gen_model.eval()
     texts: list[str] = [""] * len(prompt_ids)
+    flags: list[bool] = [False] * len(prompt_ids)
+    eos_ids = _eos_ids(config)
     try:
         with torch.no_grad(), generation_context(trainer):
             for batch in batches:
@@ -216,12 +270,20 @@ def generate_batched(
                 decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
                 for k, text in zip(batch, decoded, strict=False):
                     texts[k] = text.strip()
+                if truncated is not None:
+                    limit = _token_limit(config, input_ids.shape[1], decoder_only)
+                    # An encoder-decoder output starts with the decoder start token: not generated.
+                    generated = new if decoder_only else new[:, 1:]
+                    for k, flag in zip(batch, truncated_flags(generated, limit, eos_ids, pad_id), strict=True):
+                        flags[k] = flag
                 if progress is not None:
                     progress.update(1)
     finally:
         gen_model.train(was_training)
         if progress is not None:
             progress.close()
+    if truncated is not None:
+        truncated[:] = flags
     return texts
 
 
@@ -373,13 +435,15 @@ class ShardedGenerator:
         return model_generation_config(self.settings(), model, tokenizer, following=self.follows_trainer)
 
     def generate(
-        self, model: Any, tokenizer: Any, prompt_ids: Sequence[list[int]], show_progress: bool = False
+        self, model: Any, tokenizer: Any, prompt_ids: Sequence[list[int]], show_progress: bool = False,
+        truncated: list[bool] | None = None,
     ) -> list[str]:
-        """This rank's texts of `prompt_ids`, in order (see `generate_batched`)."""
+        """This rank's texts of `prompt_ids`, in order (see `generate_batched`; `truncated` is filled with
+        one flag per prompt when given)."""
         return generate_batched(
             model, tokenizer, prompt_ids, self.config_for(model, tokenizer), batch_size=self.batch_size,
             decoder_only=not getattr(unwrap_model(model).config, "is_encoder_decoder", False), trainer=self.trainer,
-            show_progress=show_progress, description=f"{self.owner}: generating",
+            show_progress=show_progress, description=f"{self.owner}: generating", truncated=truncated,
         )  # fmt: skip
 
     def install_capture(self, prompt_ids: Sequence[list[int]] | None, tokenizer: Any, decoder_only: bool) -> None:
