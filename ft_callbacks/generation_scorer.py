@@ -218,6 +218,7 @@ class GenerationScorer(FtCallback):
         self.slice_names: list[str] | None = None  # one slice name per sampled prompt (known once prepared)
         self.last_slices: SliceReport | None = None
         self.last_truncated: list[bool | None] = []  # per prompt of the latest generation: stopped at the limit
+        self._rank_truncated: dict[int, bool] = {}  # this rank's flags of its latest share
         self._last_samples: dict[str, Any] | None = None  # the latest round's step and per-sample scores
         if isinstance(slice_by, str):
             self._check_slice_column()
@@ -519,8 +520,10 @@ class GenerationScorer(FtCallback):
         same on every rank), by prompt index; only the others are generated."""
         assert self._prompt_ids is not None
 
-        def this_rank(indices: list[int], keep: int) -> dict[int, tuple[str, bool]]:
-            return self._generate_indices(model, tokenizer, indices, keep, args, show_progress)
+        def this_rank(indices: list[int], keep: int) -> dict[int, tuple[str, bool | None]]:
+            self._rank_truncated = {}
+            texts = self._generate_indices(model, tokenizer, indices, keep, args, show_progress)
+            return {i: (text, self._rank_truncated.get(i)) for i, text in texts.items()}
 
         # Each text travels with its truncated flag, so both are gathered in the same (prompt) order.
         known_pairs = {i: (text, None) for i, text in (known or {}).items()}
@@ -530,14 +533,15 @@ class GenerationScorer(FtCallback):
 
     def _generate_indices(
         self, model: Any, tokenizer: Any, indices: list[int], keep: int, args: Any, show_progress: bool
-    ) -> dict[int, tuple[str, bool]]:
-        """This rank's texts (and truncated flags) of the first `keep` of `indices` (the rest only even out
-        the calls across ranks)."""
+    ) -> dict[int, str]:
+        """This rank's texts of the first `keep` of `indices` (the rest only even out the calls across ranks);
+        their truncated flags go to `_rank_truncated`."""
         show_progress = show_progress and not getattr(args, "disable_tqdm", False)
         flags: list[bool] = []
         texts = self._generator.generate(model, tokenizer, [self._prompt_ids[i] for i in indices], show_progress,
                                          truncated=flags)  # fmt: skip
-        return {indices[k]: (texts[k], flags[k]) for k in range(keep)}
+        self._rank_truncated = {indices[k]: flags[k] for k in range(keep)}
+        return {indices[k]: texts[k] for k in range(keep)}
 
     # -- scoring ---------------------------------------------------------------------------------
     def score(
