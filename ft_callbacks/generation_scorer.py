@@ -14,6 +14,7 @@ broadcasts the numbers, so every rank acts on the same metrics.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import threading
 import time
@@ -35,6 +36,7 @@ from .generation.prompt_set import PromptSet, model_context
 from .generation.reference_scores import LABEL_KEYS, METRIC_KEYS, ReferenceScorer
 from .generation.scoring_queue import MAX_QUEUED_ROUNDS, QueuedRound, ScoringQueue
 from .generation.sharded_generate import GenerationFailed, ShardedGenerator, check_can_generate, generate_sharded
+from .judge.rounds import SAMPLE_COLUMNS as JUDGE_SAMPLE_COLUMNS
 from .publish import EvaluationContext, _print, notice_once, publish
 
 # Which per-sample score ranks samples for the "lowest k" table, in order of preference.
@@ -72,8 +74,16 @@ class GenerationScorer(FtCallback):
     generated a second time.
 
     Args:
-        metrics: any of "rouge", "bleu", "chrf", "bertscore", "exact_match", a name `evaluate.load`
-            accepts (loaded at construction, so one that does not load is refused then), or a
+        metrics: any of "rouge", "bleu", "chrf", "bertscore", "exact_match"; a task metric (#17): a name
+            (`json_valid`, `distinct`, `self_bleu`, `repetition`, `mean_length`, `empty`, `truncated`,
+            `toxicity`), an object (`JsonSchema(schema)`, `Regex(...)`, `PassAtK(...)`) or its config form
+            (`{"regex": "^\\d+$"}`), whose keys (`json_valid_rate`, `json_schema_valid_rate`,
+            `regex_match_rate`, `pass@k`, `distinct_1`/`_2`, `self_bleu`, `repetition_4`, `mean_length`,
+            `empty_rate`, `truncated_rate`, `toxicity_rate`/`_mean`) are known before step 1, so a
+            `MetricThreshold`/monitor on them passes the check. `truncated_rate` counts the outputs whose
+            generation used the whole token budget without an EOS (read from the generated ids). Why a
+            sample failed (`json_schema_error`, ...) is a column of the samples table. Also a name
+            `evaluate.load` accepts (loaded at construction, so one that does not load is refused then), or a
             callable `(predictions, references) -> dict`; one name alone is one metric.
         max_new_tokens: generation length (default: a Seq2SeqTrainer's settings; otherwise 64
             unless `generation_config` sets a length).
@@ -116,6 +126,18 @@ class GenerationScorer(FtCallback):
         baseline_generations: another model's outputs (one per prompt) to compare against instead.
         max_invalid_rate: above this share of invalid verdicts (unparseable, refused, errors) a
             round's judge numbers are skipped with a warning (invalid answers never count as losses).
+        slice_by: score per slice of the prompts: a column of `dataset=`, or a function example -> slice
+            name (with `prompts=` lists the example is `{prompt_column: prompt, reference_column: reference}`).
+            Each round then adds `eval_slice_<slice>_<metric>` and `eval_slice_<slice>_count`: per-sample
+            scores (ROUGE, BERTScore, exact match, the judge's score) averaged within the slice, corpus-level
+            ones (BLEU, chrF, task metrics) recomputed on its texts; the worst slice of the headline score
+            (ROUGE-L, else BERTScore F1, ...) is named in the console and the summary
+            (`worst_slice/eval_<metric>`), and wandb gets an `eval/slices` table.
+        min_slice_size: slices with fewer samples get their count only (a number from 3 samples misleads).
+
+    OverfitGuard's noise test (`OverfitGuard(noise_test=True, monitor="eval_rougeL")`) pairs this callback's
+    per-sample scores between evaluations (`per_sample_values`); a corpus-level monitor such as `eval_bleu`
+    falls back to counting. Use `background=False` (or any monitor on the score makes it synchronous).
 
     Raises:
         ConfigurationError: at construction for prompts, references, datasets, metrics or settings that
@@ -599,7 +621,15 @@ class GenerationScorer(FtCallback):
         result["seconds"] = {"generation": generated_s, "scoring": scored - started}
         if self._judging.active:  # rank 0 only: this runs where the scoring runs
             judged = self._judging.run(step, list(self._prompt_texts), texts, list(self._references), is_baseline)
-            result["corpus"].update(judged.pop("metrics"))
+            metrics = judged.pop("metrics")
+            result["corpus"].update(metrics)
+            rows = judged.get("rows") or []
+            if "judge_score" in metrics and len(rows) == len(texts):
+                # Per-sample judge scores (NaN: an invalid answer), for slices and the noise test.
+                column = JUDGE_SAMPLE_COLUMNS.index("judge_score")
+                result["per_sample"]["judge_score"] = [
+                    float(r[column]) if isinstance(r[column], (int, float)) else math.nan for r in rows
+                ]
             result["judge"] = judged
             result["seconds"]["judge"] = time.perf_counter() - scored
         result["reused"] = reused

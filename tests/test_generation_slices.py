@@ -98,3 +98,25 @@ def test_bad_slice_settings_are_refused_at_construction(corpus):
         GenerationScorer(["a b"], ["c"], slice_by=3)
     with pytest.raises(ConfigurationError, match="min_slice_size=0"):
         GenerationScorer(["a b"], ["c"], slice_by="reference", min_slice_size=0)
+
+
+def test_judge_scores_per_slice_and_per_sample(tokenizer, corpus, tmp_path):
+    from .test_judge_scorer import WordOverlap
+
+    prompts = [" ".join(t.split()[:5]) for t in corpus[:8]]
+    references = [" ".join(t.split()[5:15]) or "-" for t in corpus[:8]]
+    halves = {p: ("first" if i < 4 else "second") for i, p in enumerate(prompts)}
+    scorer = GenerationScorer(prompts, references, metrics=("rouge",), judge=WordOverlap(), num_samples=None,
+                              slice_by=lambda ex: halves[ex["prompt"]], min_slice_size=2, max_new_tokens=8,
+                              background=False, baseline=False)  # fmt: skip
+    trainer = lm_trainer(tokenizer, corpus, tmp_path, [scorer], max_steps=100, eval_steps=100, report_to="none")
+    trainer.train()
+    entry = next(e for e in trainer.state.log_history if "eval_judge_score" in e)
+    generations = [row[3] for row in scorer.table_rows]
+    # The judge's score of each sample, by hand: 1 + 9 x the share of the reference's words it has.
+    by_hand = [1 + 9 * WordOverlap.overlap(g, r) for g, r in zip(generations, references, strict=True)]
+    assert entry["eval_judge_score"] == pytest.approx(sum(by_hand) / 8)
+    for name, part in (("first", by_hand[:4]), ("second", by_hand[4:])):
+        assert entry[f"eval_slice_{name}_judge_score"] == pytest.approx(sum(part) / 4), name
+    values, _ = scorer.per_sample_values("eval_judge_score", entry["step"])
+    assert values == pytest.approx(by_hand)

@@ -138,3 +138,24 @@ def test_a_task_metric_threshold_without_generation_scorer_names_it(tokenizer, c
     with pytest.raises(ConfigurationError, match="GenerationScorer"):
         trainer.train()
     assert trainer.state.global_step == 0
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_processes_gather_truncated_flags_in_prompt_order(tokenizer, tmp_path):
+    from .helpers import run_torchrun
+
+    tok_dir = tmp_path / "tokenizer"
+    tokenizer.save_pretrained(str(tok_dir))
+    script = Path(__file__).resolve().parent / "dist_scripts" / "generation_truncated_ddp.py"
+    rc, output, _ = run_torchrun(script, tok_dir, tmp_path / "out")
+    assert rc == 0, output[-6000:]
+    r0, r1 = (json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in range(2))
+    # Both ranks hold every prompt's flag, in prompt order: each one as generating it alone says.
+    assert r0["flags"] == r1["flags"] == r0["hand"]
+    assert 0 < sum(r0["hand"]) < len(PROMPTS)  # some of each, so the order is checked
+    assert r0["rounds"] == r1["rounds"] and [r["step"] for r in r0["rounds"]] == [0, 60]
+    assert r0["rounds"][0]["eval_truncated_rate"] == 1.0
+    assert r0["rounds"][-1]["eval_truncated_rate"] == pytest.approx(sum(r0["hand"]) / len(PROMPTS))
+    column = r0["columns"].index("truncated")
+    assert [row[column] for row in r0["table"] if row[0] == 60] == [float(f) for f in r0["hand"]]
