@@ -653,8 +653,9 @@ def _kind(value: Any) -> str:
     return {dict: "an object", list: "an array", str: "a string"}.get(type(value), "a number")
 
 
-def _read_prompts_file(file: Path, where: str) -> tuple[list[Any], list[Any]]:
-    prompts, references = [], []
+def _read_prompts_file(file: Path, where: str) -> tuple[list[Any], list[Any], list[dict[str, Any]]]:
+    """(prompts, references, rows): the rows keep every field, for `slice_by` on a column of the file."""
+    prompts, references, rows = [], [], []
     # split("\n"), not splitlines(): JSON strings may hold U+2028 and other characters splitlines breaks at.
     for number, line in enumerate(read_text(file).split("\n"), start=1):
         if not line.strip():
@@ -674,7 +675,8 @@ def _read_prompts_file(file: Path, where: str) -> tuple[list[Any], list[Any]]:
                 raise ConfigurationError(f"{file}:{number}: {name} is null; give it text, or delete the line.")
         prompts.append(row["prompt"])
         references.append(row["reference"])
-    return prompts, references
+        rows.append(row)
+    return prompts, references, rows
 
 
 def callbacks_from_config(
@@ -749,7 +751,10 @@ def _generation_kwargs(
                 f"{located.at(key)}: prompts_file is set and prompts/dataset were "
                 "passed too; use one source."
             )
-        prompts, references = _read_prompts_file(_prompts_path(prompts_file, located), located.at(key))
+        prompts, references, rows = _read_prompts_file(_prompts_path(prompts_file, located), located.at(key))
+        if isinstance(kwargs.get("slice_by"), str):  # a column of the file: pass its rows as the dataset
+            prompts = references = None
+            dataset = rows
     if prompts is None and dataset is None:
         raise ConfigurationError(
             f"{located.at('generation_scorer')}: generation_scorer needs prompts: set prompts_file in the config, or "

@@ -180,3 +180,15 @@ def test_a_judge_from_a_config_never_takes_its_key_from_the_file(tmp_path):
     config.write_text(judged.replace("backend: openai", "backend: anthropic"))
     with pytest.raises(ConfigurationError, match="use 'openai' or 'local'"):
         check_config(config)
+
+
+def test_slice_by_a_column_of_the_prompts_file(tmp_path):
+    rows = [{"prompt": f"p{i}", "reference": f"r{i}", "source": "a" if i % 2 else "b"} for i in range(6)]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = tmp_path / "c.yaml"
+    config.write_text("generation_scorer:\n  prompts_file: p.jsonl\n  slice_by: source\n  metrics: [exact_match]\n")
+    (scorer,) = callbacks_from_config(config)
+    assert scorer.slice_by == "source"
+    config.write_text("generation_scorer:\n  prompts_file: p.jsonl\n  slice_by: topic\n  metrics: [exact_match]\n")
+    with pytest.raises(ConfigurationError, match="topic"):
+        check_config(config)
