@@ -30,11 +30,15 @@ demo: setup
 lint: setup
 	$(BIN)/python -m ruff check .
 
+# The suite in parallel (one worker per core by default; each test file stays on one worker, so a
+# module's server or model is built once), then the few tests that assert wall-clock bounds, alone.
+TEST_WORKERS ?= auto
 test: setup lint
-	FT_CALLBACKS_REQUIRE_DEEPSPEED=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+	FT_CALLBACKS_REQUIRE_DEEPSPEED=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -m "not serial" --durations=15
+	FT_CALLBACKS_REQUIRE_DEEPSPEED=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m serial
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow and not distributed"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow and not distributed and not serial"
 
 # The oldest transformers we support (4.46) with its matching accelerate, in a second venv: the
 # smoke subset (each callback once in a real tiny run).

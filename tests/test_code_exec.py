@@ -69,6 +69,7 @@ def test_tests_by_reference_position_and_fenced_code(allowed):
     assert extract_code(fenced) == "def neg(x):\n    return -x"
 
 
+@pytest.mark.serial  # asserts wall-clock bounds: run alone, not beside a parallel worker
 def test_a_loop_forever_cannot_outlive_its_timeout(allowed):
     start = time.monotonic()
     result = run_program("while True:\n    pass\n", timeout=1.0)

@@ -282,6 +282,7 @@ def test_two_processes_generate_half_each_and_score_once(tokenizer, tmp_path):
     assert steps == [0, 10, 20]
 
 
+@pytest.mark.serial  # asserts wall-clock bounds: run alone, not beside a parallel worker
 def test_background_scoring_that_hangs_is_dropped_at_train_end_with_a_message(tokenizer, corpus, tmp_path, capsys):
     import time
 

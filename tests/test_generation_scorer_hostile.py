@@ -169,6 +169,7 @@ class Script:
         return "\n".join(self.lines)
 
 
+@pytest.mark.serial  # asserts wall-clock bounds: run alone, not beside a parallel worker
 @pytest.mark.parametrize("interrupt_after", ["EVAL 4", "EVAL 6"], ids=["training-on", "waiting-for-the-queue"])
 def test_ctrl_c_with_scoring_rounds_queued_exits_within_10s(tmp_path, interrupt_after):
     """Each round sleeps 120 s. At step 4 one round is being scored and one is queued; at step 6 training
@@ -191,6 +192,7 @@ def test_ctrl_c_with_scoring_rounds_queued_exits_within_10s(tmp_path, interrupt_
     assert not script.printed("SCORING 2")  # the queued round never started
 
 
+@pytest.mark.serial  # asserts wall-clock bounds: run alone, not beside a parallel worker
 def test_scoring_timeout_ends_the_process_within_the_timeout_plus_5s(tmp_path):
     """A 40-s scorer and scoring_timeout=2: from the end of training the process is gone within 2 + 5 s."""
     script = Script(tmp_path, 4, 4, 40, 2)

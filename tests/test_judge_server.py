@@ -98,6 +98,7 @@ def test_malformed_answers_are_invalid_not_low(server):
     assert score.value is None and score.error is None and score.raw.startswith("[[A]]")
 
 
+@pytest.mark.serial  # asserts wall-clock bounds: run alone, not beside a parallel worker
 def test_429s_and_timeouts_back_off_then_succeed(server):
     proxy = FaultProxy(server.port, fail=2)
     try:
