@@ -47,3 +47,38 @@ def test_the_documented_callback_adds_its_metric_stops_and_resumes(tokenizer, co
     assert again.first_norm == pytest.approx(guard.first_norm)  # restored, not re-measured after training
     assert again.stop_step == guard.stop_step
     assert [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, example.WeightNormGuard)] == [again]
+
+
+def _second_example() -> types.ModuleType:
+    """The doc's second python block: a callback that compares with the base model."""
+    text = (REPO / "docs" / "writing_a_callback.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", text, re.S)[1]
+    module = types.ModuleType("writing_a_callback_base_example")
+    exec(compile(code, "docs/writing_a_callback.md", "exec"), module.__dict__)
+    return module
+
+
+def test_the_documented_base_model_callback_measures_its_base_once_and_stops(tokenizer, corpus, tmp_path):
+    import torch
+
+    example = _second_example()
+    ids = torch.tensor([tokenizer(corpus[300])["input_ids"][:32]])
+    probe = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    settings = {**SETTINGS, "max_steps": 10, "learning_rate": 5e-2}
+    # max_rise below zero: the first evaluation stops whatever the probe loss did.
+    guard = example.ProbeLossGuard(probe, max_rise=-100.0)
+    trainer = lm_trainer(tokenizer, corpus, tmp_path / "run", [guard], **SMALL, **settings)
+    trainer.model.eval()
+    with torch.no_grad():
+        untrained = float(trainer.model(**probe).loss)
+    trainer.train()
+    assert guard.base_loss == pytest.approx(untrained)  # measured on the model before any step
+    assert trainer.state.global_step == 5  # stopped at the first evaluation
+    rise = [e["eval_probe_loss_rise"] for e in trainer.state.log_history if "eval_probe_loss_rise" in e]
+    stop = [e for e in trainer.state.log_history if "ft_callbacks/probe_loss_stop_step" in e]
+    assert len(rise) == 1 and stop and stop[0]["ft_callbacks/probe_loss_stop_step"] == 5
+    # A second run into the same folder (a resume) reuses the saved base instead of re-measuring it.
+    again = example.ProbeLossGuard(probe, max_rise=-100.0)
+    resumed = lm_trainer(tokenizer, corpus, tmp_path / "run", [again], **SMALL, **{**settings, "max_steps": 15})
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-5"))
+    assert again.base_loss == pytest.approx(untrained)
