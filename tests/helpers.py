@@ -39,6 +39,20 @@ def wandb_records(wandb_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
+def wandb_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run summary as the records left it (later updates win)."""
+    summary: dict[str, Any] = {}
+    for record in records:
+        if record.get("type") == "summary":
+            summary.update(record["summary"].get("update") or {})
+    return summary
+
+
+def wandb_alerts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The alerts the run raised (title, text, level)."""
+    return [r["alert"] for r in records if r.get("type") == "alert"]
+
+
 def wandb_history(wandb_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The logged history rows (one dict per wandb.log call)."""
     return [r["history"]["item"] for r in wandb_records(wandb_dir) if r.get("type") == "history"]

@@ -22,7 +22,7 @@ from ft_callbacks.core.errors import ConfigurationError
 from ft_callbacks.core.modes import infer_mode
 from ft_callbacks.forgetting_guard import ForgettingGuard
 
-from .helpers import REPO, lm_trainer, wandb_history, wandb_records
+from .helpers import REPO, lm_trainer, wandb_alerts, wandb_history, wandb_records, wandb_summary
 
 sys.path.insert(0, str(Path(__file__).parent / "dist_scripts"))
 from forgetting_tasks import pretrained_dirs_model, write_tasks
@@ -121,12 +121,9 @@ def test_real_forgetting_warns_or_stops_at_the_first_real_drop_not_before(tmp_pa
 
         wandb.finish()
         records = wandb_records(wandb_offline)
-        summary = {}
-        for record in records:
-            if record.get("type") == "summary":
-                summary.update(record["summary"].get("update") or {})
+        summary = wandb_summary(records)
         assert summary.get("ft_callbacks/early_stop_reason") == reason, summary
-        alerts = [r["alert"] for r in records if r.get("type") == "alert"]
+        alerts = wandb_alerts(records)
         assert any(a["title"] == "ForgettingGuard stopped training" and reason in a["text"] for a in alerts)
     else:
         assert trainer.state.global_step == 20 and guard.rule.stop_step is None

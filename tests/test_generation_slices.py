@@ -12,7 +12,7 @@ from ft_callbacks.core.errors import ConfigurationError
 from ft_callbacks.core.text_scores import score_texts
 from ft_callbacks.generation_scorer import GenerationScorer
 
-from .helpers import lm_trainer, wandb_records
+from .helpers import lm_trainer, wandb_records, wandb_summary
 
 
 def examples(corpus: list[str]) -> Dataset:
@@ -59,10 +59,7 @@ def test_scores_per_slice_equal_a_hand_computation(tokenizer, corpus, tmp_path, 
 
     wandb.finish()
     records = wandb_records(wandb_offline)
-    summary = {}
-    for record in records:
-        if record.get("type") == "summary":
-            summary.update(record["summary"].get("update") or {})
+    summary = wandb_summary(records)
     assert summary.get("worst_slice/eval_rougeL") == worst, summary
     history = [r["history"]["item"] for r in records if r.get("type") == "history"]
     assert any(r.get("eval/slices.nrows") == 3 for r in history)

@@ -15,7 +15,7 @@ from ft_callbacks import ConfigurationError, FtCallback, OverfitGuard
 from ft_callbacks._compat import TRANSFORMERS_VERSION
 from ft_callbacks.core.stopping import GapRule
 
-from .helpers import lm_trainer, wandb_history, wandb_records
+from .helpers import lm_trainer, wandb_alerts, wandb_history, wandb_records
 
 
 def _eval_entries(trainer):
@@ -96,7 +96,7 @@ def test_gap_rule_stops_an_overfitting_run_and_logs_to_the_trainers_wandb_run(
     assert all("eval/loss_gap" in r for r in ppl_rows)
     assert any("eval/loss" in r for r in rows)  # the Trainer's own eval logging went to the same run
     # The stop also raised a wandb alert with its reason (offline: a record in the run's file).
-    alerts = [r["alert"] for r in wandb_records(wandb_offline) if r.get("type") == "alert"]
+    alerts = wandb_alerts(wandb_records(wandb_offline))
     assert [a["title"] for a in alerts] == ["OverfitGuard stopped training"]
     assert f"at step {guard.policy.stop_step} (gap rule)" in alerts[0]["text"]
 

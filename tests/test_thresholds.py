@@ -15,7 +15,7 @@ from ft_callbacks.core.structured import Regex
 from ft_callbacks.core.thresholds import ThresholdRule
 from ft_callbacks.thresholds import MetricThreshold
 
-from .helpers import lm_trainer, wandb_records
+from .helpers import lm_trainer, wandb_alerts, wandb_records, wandb_summary
 
 
 def test_rule_counts_breaches_in_a_row():
@@ -95,12 +95,9 @@ def test_a_threshold_on_a_task_metric_stops_a_real_run(tokenizer, corpus, tmp_pa
 
     wandb.finish()
     records = wandb_records(wandb_offline)
-    summary = {}
-    for record in records:
-        if record.get("type") == "summary":
-            summary.update(record["summary"].get("update") or {})
+    summary = wandb_summary(records)
     assert summary.get("ft_callbacks/early_stop_reason") == reason, summary
-    alerts = [r["alert"] for r in records if r.get("type") == "alert"]
+    alerts = wandb_alerts(records)
     assert any(a["title"] == "MetricThreshold stopped training" and reason in a["text"] for a in alerts), alerts
 
 
@@ -116,7 +113,7 @@ def test_a_warning_lets_training_go_on(tokenizer, corpus, tmp_path, wandb_offlin
     import wandb
 
     wandb.finish()
-    alerts = [r["alert"] for r in wandb_records(wandb_offline) if r.get("type") == "alert"]
+    alerts = wandb_alerts(wandb_records(wandb_offline))
     assert sum(a["title"] == "MetricThreshold warning" for a in alerts) >= 1, alerts
 
 
