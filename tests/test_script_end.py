@@ -279,3 +279,50 @@ def test_eval_batches_without_labels_say_what_is_missing(tokenizer, corpus, tmp_
     with pytest.raises(ConfigurationError, match=r"its batches carry no labels.*'labels' column"):
         trainer.train()
     assert trainer.state.global_step == 0
+
+
+@pytest.mark.slow
+def test_the_next_wave_runs_to_the_end_of_a_script_with_a_clean_model_card(tokenizer, corpus, tmp_path, wandb_offline):
+    """The judge, task metrics and slices in GenerationScorer, ForgettingGuard and a MetricThreshold, every
+    one of them scoring only some evaluations, then the example scripts' ending: one complete card row per
+    evaluation, and the standalone evaluate() afterwards still works."""
+    import sys
+
+    from ft_callbacks import ForgettingGuard, MetricThreshold
+
+    from .test_judge_scorer import WordOverlap, prompt_pairs
+
+    sys.path.insert(0, str(Path(__file__).parent / "dist_scripts"))
+    from forgetting_tasks import write_tasks
+
+    out = tmp_path / "out"
+    prompts, references = prompt_pairs(corpus)
+    scorer = GenerationScorer(prompts, references, metrics=("rouge", "json_valid", "distinct"), num_samples=6,
+                              max_new_tokens=8, every_n_evals=2, judge=WordOverlap(), win_rate=True,
+                              slice_by=lambda example: "short" if len(example["prompt"]) < 30 else "long",
+                              min_slice_size=1)  # fmt: skip
+    forgetting = ForgettingGuard(tasks=["fg_dirs"], include_path=str(write_tasks(tmp_path / "tasks", corpus)),
+                                 limit=12, every_n_evals=3, batch_size=4)  # fmt: skip
+    threshold = MetricThreshold("eval_win_rate", below=-1.0)  # never fires; watches an every-other metric
+    guard = OverfitGuard(patience=2, plateau_patience=None)
+    trainer = lm_trainer(
+        tokenizer, corpus, out, [scorer, forgetting, threshold, guard], **SMALL, max_steps=300, eval_steps=5,
+        logging_steps=5, report_to="wandb",
+    )  # fmt: skip
+    card = run_to_the_end(trainer, out)
+
+    assert guard.stopped and not threshold.stopped
+    header, rows = card_table(card)
+    evaluations = [e for e in trainer.state.log_history if "eval_loss" in e][:-1]  # not the standalone evaluate()
+    assert len(rows) == len(evaluations) >= 3 and all(len(row) == len(header) for row in rows)
+    for name in ("Win Rate", "Judge Score", "Json Valid Rate", "Distinct 1", "Forgetting", "Bench Fg Dirs Acc"):
+        assert name in header, (name, header)
+    # Each row holds the numbers of its own evaluation: rounds that did not run are "None", never shifted.
+    for row, entry in zip(rows, evaluations, strict=True):
+        assert row[header.index("Step")] == str(entry["step"])
+        assert row[header.index("Win Rate")] == _maybe_round(entry["eval_win_rate"])
+        assert row[header.index("Forgetting")] == _maybe_round(entry["eval_forgetting"])
+    assert any(e["eval_win_rate"] is None for e in evaluations) and any(e["eval_win_rate"] is not None
+                                                                       for e in evaluations)  # fmt: skip
+    assert any(e["eval_forgetting"] is not None for e in evaluations)
+    assert any(k.startswith("eval_slice_") for e in evaluations for k in e)
