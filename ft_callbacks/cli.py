@@ -26,37 +26,12 @@ EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def _read_jsonl(path: Path, prediction_field: str, reference_field: str) -> tuple[list[str], list[Any]]:
-    from .config import _kind, read_text
+    from .config import _kind, json_object_lines
 
-    if not path.is_file():
-        raise ConfigurationError(f"{path} does not exist; give a JSON-lines file with one object per line.")
     example = f'{{"{prediction_field}": "...", "{reference_field}": "..."}}'
-    converted = path.with_name(f"{path.stem}.lines.jsonl")  # where the `jq` fix for a JSON array writes
     predictions: list[str] = []
     references: list[Any] = []
-    # split("\n"), not splitlines(): JSON strings may hold U+2028 and other characters splitlines breaks at.
-    for number, line in enumerate(read_text(path).split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if not predictions and line.strip() == "[":  # a pretty-printed JSON array, not JSON lines
-                raise ConfigurationError(
-                    f"{path}:{number}: the file is one JSON array, not JSON lines; convert it: "
-                    f"`jq -c '.[]' {path} > {converted}`."
-                ) from None
-            raise ConfigurationError(f"{path}:{number}: not valid JSON ({exc.msg}).") from None
-        if not isinstance(row, dict):
-            tip = (
-                f" If the file is one JSON array, convert it: `jq -c '.[]' {path} > {converted}`."
-                if isinstance(row, list)
-                else ""
-            )
-            raise ConfigurationError(
-                f"{path}:{number}: line is {_kind(row)}, not an object; each line must be one JSON object such as "
-                f"{example}.{tip}"
-            )
+    for number, row in json_object_lines(path, example):
         missing = [k for k in (prediction_field, reference_field) if k not in row]
         if missing:
             raise ConfigurationError(

@@ -653,21 +653,45 @@ def _kind(value: Any) -> str:
     return {dict: "an object", list: "an array", str: "a string"}.get(type(value), "a number")
 
 
-def _read_prompts_file(file: Path, where: str) -> tuple[list[Any], list[Any], list[dict[str, Any]]]:
-    """(prompts, references, rows): the rows keep every field, for `slice_by` on a column of the file."""
-    prompts, references, rows = [], [], []
+def json_object_lines(path: Path, example: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line of a JSON-lines file, read the way every file of
+    ours is (`read_text`). A missing file, a line that is not JSON or not one JSON object is a
+    `ConfigurationError` naming the file, the line and the fix (`example`: what a line should look like);
+    a whole-file JSON array gets the `jq` command that converts it."""
+    if not path.is_file():
+        raise ConfigurationError(f"{path} does not exist; give a JSON-lines file with one object per line.")
+    converted = path.with_name(f"{path.stem}.lines.jsonl")  # where the `jq` fix for a JSON array writes
+    convert = f"convert it: `jq -c '.[]' {path} > {converted}`"
+    rows: list[tuple[int, dict[str, Any]]] = []
     # split("\n"), not splitlines(): JSON strings may hold U+2028 and other characters splitlines breaks at.
-    for number, line in enumerate(read_text(file).split("\n"), start=1):
+    for number, line in enumerate(read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ConfigurationError(f"{file}:{number}: not valid JSON ({exc.msg}).") from None
-        if not isinstance(row, dict) or "prompt" not in row or "reference" not in row:
-            got = f"an object with {sorted(row)}" if isinstance(row, dict) else _kind(row)
+            if not rows and line.strip() == "[":  # a pretty-printed JSON array, not JSON lines
+                raise ConfigurationError(
+                    f"{path}:{number}: the file is one JSON array, not JSON lines; {convert}."
+                ) from None
+            raise ConfigurationError(f"{path}:{number}: not valid JSON ({exc.msg}).") from None
+        if not isinstance(row, dict):
+            tip = f" If the file is one JSON array, {convert}." if isinstance(row, list) else ""
             raise ConfigurationError(
-                f"{file}:{number}: expected an object with prompt and reference, got {got}; "
+                f"{path}:{number}: line is {_kind(row)}, not an object; each line must be one JSON object such as "
+                f"{example}.{tip}"
+            )
+        rows.append((number, row))
+    return rows
+
+
+def _read_prompts_file(file: Path, where: str) -> tuple[list[Any], list[Any], list[dict[str, Any]]]:
+    """(prompts, references, rows): the rows keep every field, for `slice_by` on a column of the file."""
+    prompts, references, rows = [], [], []
+    for number, row in json_object_lines(file, '{"prompt": ..., "reference": ...}'):
+        if "prompt" not in row or "reference" not in row:
+            raise ConfigurationError(
+                f"{file}:{number}: expected an object with prompt and reference, got an object with {sorted(row)}; "
                 'write one {"prompt": ..., "reference": ...} per line (prompts_file at ' + f"{where})."
             )
         for name in ("prompt", "reference"):

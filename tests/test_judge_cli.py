@@ -48,3 +48,8 @@ def test_bad_input_is_named(judge_dir, tmp_path, capsys):
     assert "missing field 'prediction'" in capsys.readouterr().err
     assert main(["judge", str(data)]) == EXIT_BAD_INPUT
     assert "--model NAME" in capsys.readouterr().err
+    # The same reader as `ft-callbacks score`: a whole-file JSON array gets the command that converts it.
+    data.write_text(json.dumps([{"prompt": "p", "prediction": "x"}], indent=1))
+    assert main(["judge", str(data), "--local", str(judge_dir)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert f"{data}:1: the file is one JSON array" in err and "jq -c '.[]'" in err

@@ -3,7 +3,6 @@ numbers as during training, over a JSON-lines file of {prompt, prediction[, base
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,18 +18,11 @@ __all__ = ["judge_file", "read_rows"]
 
 def read_rows(path: Path, fields: dict[str, str | None]) -> dict[str, list[Any]]:
     """The columns named in `fields` (role -> field name; None: optional and absent) from a JSON-lines file."""
-    if not path.is_file():
-        raise ConfigurationError(f"{path} does not exist; give a JSON-lines file with one object per line.")
+    from ..config import json_object_lines
+
     columns: dict[str, list[Any]] = {role: [] for role, name in fields.items() if name}
-    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigurationError(f"{path}:{number}: not valid JSON ({exc.msg}).") from None
-        if not isinstance(row, dict):
-            raise ConfigurationError(f"{path}:{number}: each line must be one JSON object.")
+    example = "{" + ", ".join(f'"{name}": "..."' for name in fields.values() if name) + "}"
+    for number, row in json_object_lines(path, example):
         for role, name in fields.items():
             if not name:
                 continue
