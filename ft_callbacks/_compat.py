@@ -48,6 +48,13 @@ def processing_class(kwargs: dict[str, Any]) -> Any:
     return kwargs.get("processing_class") or kwargs.get("tokenizer")
 
 
+def strip_ddp(model: Any) -> Any:
+    """The model inside a DDP-style wrapper (one with `.module` and no config); a PEFT model stays one."""
+    while hasattr(model, "module") and not hasattr(model, "config"):
+        model = model.module
+    return model
+
+
 def unwrap_model(model: Any) -> Any:
     """The underlying transformers model of a PEFT or DDP wrapper."""
     seen = 0

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 from transformers import GenerationConfig
 
-from ._compat import processing_class, unwrap_model
+from ._compat import processing_class, strip_ddp, unwrap_model
 from .base import ConfigurationError, FtCallback, _Hub, require_evaluations
 from .core.modes import normalize_metric_name
 from .core.slices import DEFAULT_MIN_SLICE_SIZE, SliceReport, format_slices, slice_keys, slice_means, slice_metrics
@@ -354,8 +354,7 @@ class GenerationScorer(FtCallback):
             return None
         raw = self._raw_prompts if self._raw_prompts is not None else self.dataset
         total = len(raw) if raw is not None else None
-        while hasattr(model, "module") and not hasattr(model, "config"):  # a DDP wrapper; a PEFT model stays one
-            model = model.module
+        model = strip_ddp(model)  # a PEFT model stays one: its base is the model with the adapter disabled
         return self._judging.prepare_base(
             args, state, model, self._settings(None), list(self._prompt_texts),
             lambda items: self._prompts.sample(items)[1],

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
-from .._compat import unwrap_model
+from .._compat import strip_ddp, unwrap_model
 from ..core.errors import ConfigurationError
 from ..distributed import all_gather_objects, rank, world_size
 from ..engines import generation_context, sharded_engine
@@ -235,7 +235,7 @@ def generate_batched(
         >>> config = model_generation_config(generation_settings(max_new_tokens=16), model, tokenizer)
         >>> generate_batched(model, tokenizer, [tokenizer("Once upon")["input_ids"]], config)
     """
-    gen_model = model.module if hasattr(model, "module") and not hasattr(model, "config") else model
+    gen_model = strip_ddp(model)
     base = unwrap_model(model)
     pad_id = config.pad_token_id  # masked out: any id will do, but one the model knows
     if pad_id is None:
