@@ -228,6 +228,8 @@ class LabelScorer(FtCallback):
         self.seqeval_scheme = seqeval_scheme
         self.slice_by = slice_by
         self.min_slice_size = min_slice_size
+        if slice_metric is not None and (not isinstance(slice_metric, str) or not slice_metric):
+            raise ConfigurationError(f"slice_metric={slice_metric!r} is not valid: name a metric, e.g. 'f1' or 'rmse'.")
         self.slice_metric = slice_metric
         self.log_scatter = log_scatter
         self.last_slices: SliceReport | None = None
@@ -740,6 +742,10 @@ class LabelScorer(FtCallback):
             ctx.add_summary(f"worst_slice/{ctx.prefix}_{metric}", worst.name)
         if not ctx.is_main:
             return
+        measured = sorted({m for result in report.slices for m in result.values})
+        if measured and metric not in measured:  # a misspelt slice_metric would otherwise name nothing, silently
+            notice_once(f"labels:slice_metric:{metric}", f"LabelScorer(slice_metric={metric!r}): the slices have no "
+                        f"such metric, so no worst slice is named; use one of {measured}.")  # fmt: skip
         for result in report.slices:
             for note in result.notes:
                 notice_once(f"labels:slice:{result.name}:{note}", f"LabelScorer, slice {result.name!r}: {note}")

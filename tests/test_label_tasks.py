@@ -179,6 +179,21 @@ def test_single_label_classification_by_slice_recomputes_sklearn(tokenizer, corp
     assert "alpha (n=9): too small (< 10)" in printed
 
 
+def test_a_misspelt_slice_metric_is_said_not_silently_ignored(tokenizer, corpus, tmp_path, capsys):
+    with pytest.raises(ConfigurationError, match="slice_metric=5 is not valid"):
+        LabelScorer(slice_by="source", slice_metric=5)
+    topic = lambda text: int(len(text) > 110) + int(len(text) > 220)  # noqa: E731
+    scorer = LabelScorer(slice_by="source", min_slice_size=10, slice_metric="f1_macr")
+    model = BertForSequenceClassification(bert_config(tokenizer, num_labels=3))
+    trainer = make_trainer(
+        model, tokenizer, sequence_data(tokenizer, corpus[:40], topic),
+        sequence_data(tokenizer, corpus[200:261], topic), DataCollatorWithPadding(tokenizer), tmp_path, [scorer],
+    )  # fmt: skip
+    trainer.evaluate()
+    printed = capsys.readouterr().out
+    assert "LabelScorer(slice_metric='f1_macr'): the slices have no such metric" in printed and "'f1_macro'" in printed
+
+
 # -- multi-label ---------------------------------------------------------------------------------------------
 def multi_hot(text: str) -> list[float]:
     return [float(len(text) > 110), float("(" in text or "`" in text), float("," in text)]
