@@ -213,6 +213,19 @@ def test_length_empty_and_truncated():
         score_texts(DIVERSE, metrics=("truncated",), truncated=[True])
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda: Distinct(orders=(0,)), "orders entry=0 is not valid"),
+    (lambda: Distinct(orders=()), "orders is empty"),
+    (lambda: Repetition(n=0), "n=0 is not valid"),
+    (lambda: Repetition(n="4"), "n='4' is not valid"),
+    (lambda: SelfBleu(max_samples=0), "max_samples=0 is not valid"),
+    (lambda: SelfBleu(seed="x"), "seed='x' is not valid"),
+])  # fmt: skip
+def test_diversity_settings_fail_at_construction(make, message):
+    with pytest.raises(ConfigurationError, match=message):
+        make()
+
+
 def test_self_bleu_against_sacrebleu_pairwise():
     texts = [t for t in DIVERSE if t]
     expected = sum(sacrebleu.sentence_bleu(h, texts[:i] + texts[i + 1 :]).score for i, h in enumerate(texts))
